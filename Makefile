@@ -1,0 +1,28 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install accuracy clean
+
+$(BIN)/paraplan: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/paraplan
+
+demo: install
+	$(BIN)/paraplan estimate --model llama3-8b --cluster dgx-h100x8 --strategy tp=1,pp=1,dp=8,mbs=1,zero=1 --global-batch 128 --seq-len 8192 --precision bf16
+	$(BIN)/paraplan validate --runs data/validation/published_runs.csv --worst 5
+
+test: install
+	$(BIN)/python -m pytest
+
+accuracy: install
+	$(BIN)/python benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,104 @@
+"""ClusterSpec: GPUs (from the catalog), how they are grouped in nodes, and the links at each level."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from paraplan.errors import ParaplanError
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One catalog entry. Peak numbers are dense (no 2:4 sparsity) tensor-core TFLOP/s, from the vendor datasheet."""
+    name: str
+    peak_tflops: dict[str, float]     # precision -> dense TFLOP/s
+    hbm_gib: float                    # usable capacity as marketed (GB), converted to GiB by the loader
+    hbm_gbps: float                   # HBM bandwidth, GB/s
+    sm_count: int = 108
+    vendor: str = "nvidia"
+    sources: tuple[str, ...] = ()
+
+    def peak(self, precision: str) -> float:
+        """Peak TFLOP/s for `precision`; fp8 falls back to bf16 on GPUs without fp8 tensor cores."""
+        if precision in self.peak_tflops:
+            return self.peak_tflops[precision]
+        if precision == "bf16" and "fp16" in self.peak_tflops:
+            return self.peak_tflops["fp16"]
+        if precision == "fp8":
+            return self.peak("bf16")
+        raise ParaplanError(f"GPU {self.name} has no peak for precision {precision!r}; known: {sorted(self.peak_tflops)}")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A link level as seen by one GPU: bandwidth per GPU per direction (GB/s), latency per collective hop (us)."""
+    name: str
+    bandwidth_gbps: float             # GB/s per GPU, one direction (NVLink A100: 300; IB NDR400: 50)
+    latency_us: float
+    nvls: bool = False                # NVLink SHARP in-switch reduction available (H100/H200/B200 NVSwitch)
+
+    def __post_init__(self):
+        if self.bandwidth_gbps <= 0:
+            raise ParaplanError(f"link {self.name!r}: bandwidth_gbps must be > 0, got {self.bandwidth_gbps}")
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    gpu: GPUSpec
+    num_nodes: int
+    gpus_per_node: int
+    intra_node: LinkSpec
+    inter_node: LinkSpec
+
+    def __post_init__(self):
+        if self.num_nodes <= 0 or self.gpus_per_node <= 0:
+            raise ParaplanError(f"node group of {self.gpu.name}: num_nodes and gpus_per_node must be > 0")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    node_groups: tuple[NodeGroup, ...]
+    source: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if not self.node_groups:
+            raise ParaplanError(f"cluster {self.name!r} has no node groups")
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(g.num_gpus for g in self.node_groups)
+
+    @property
+    def is_homogeneous(self) -> bool:
+        first = self.node_groups[0]
+        return all(g.gpu == first.gpu and g.gpus_per_node == first.gpus_per_node
+                   and g.intra_node == first.intra_node and g.inter_node == first.inter_node for g in self.node_groups)
+
+    @property
+    def primary(self) -> NodeGroup:
+        """The node group used by the homogeneous cost model."""
+        if not self.is_homogeneous:
+            raise ParaplanError(f"cluster {self.name!r} mixes node types; the homogeneous estimator needs one type")
+        return self.node_groups[0]
+
+    @property
+    def gpu(self) -> GPUSpec:
+        return self.primary.gpu
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.primary.gpus_per_node
+
+    def resized(self, num_gpus: int) -> "ClusterSpec":
+        """The same node type with enough nodes for `num_gpus` (a job may use part of a node)."""
+        g = self.primary
+        nodes = max(1, -(-num_gpus // g.gpus_per_node))
+        per_node = min(g.gpus_per_node, num_gpus)
+        return ClusterSpec(self.name, (NodeGroup(g.gpu, nodes, per_node, g.intra_node, g.inter_node),), self.source)

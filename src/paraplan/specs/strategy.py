@@ -1,0 +1,180 @@
+"""Strategy: how one iteration is split over GPUs, and the named validity rules the engines enforce."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from paraplan.errors import ParaplanError
+
+RECOMPUTE_MODES = ("none", "selective", "full")
+SCHEDULES = ("1f1b", "interleaved", "gpipe")
+ZERO_STAGES = (0, 1, 2, 3)
+
+# Short names accepted in "tp=8,pp=4,..." strings, mapped to field names.
+ALIASES = {"mbs": "micro_batch", "micro_batch_size": "micro_batch", "sp": "sequence_parallel",
+           "vp": "vpp", "zero_stage": "zero", "dist_opt": "zero"}
+_BOOL = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Degrees multiply to the world size: tp * cp * dp * pp (ep divides dp * cp and shards only the experts)."""
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    ep: int = 1
+    vpp: int = 1                       # virtual pipeline chunks per pipeline rank (>1 means interleaved 1F1B)
+    micro_batch: int = 1               # sequences per micro-batch per data-parallel rank
+    sequence_parallel: bool = False    # Megatron SP: shard LayerNorm/dropout activations over TP
+    zero: int = 0                      # 0 DDP, 1 optimizer states sharded (= Megatron distributed optimizer), 2, 3
+    recompute: str = "none"
+    schedule: str = "1f1b"
+    overlap_grad_reduce: bool = True   # DP gradient reduce bucketed behind backward
+    overlap_param_gather: bool = True  # ZeRO-3 / distributed-optimizer parameter gathers behind compute
+    tp_comm_overlap: bool = False      # Megatron/TE userbuffers overlap of TP collectives with GEMMs
+    layers_per_stage: tuple[int, ...] | None = None  # uneven pipeline split (pp entries); None = even
+
+    def __post_init__(self):
+        for name in ("dp", "tp", "pp", "cp", "ep", "vpp", "micro_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ParaplanError(f"strategy {name} must be a positive integer, got {value!r}")
+        if self.zero not in ZERO_STAGES:
+            raise ParaplanError(f"strategy zero must be one of 0, 1, 2, 3, got {self.zero!r}")
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ParaplanError(f"strategy recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}")
+        if self.schedule not in SCHEDULES:
+            raise ParaplanError(f"strategy schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.vpp > 1 and self.schedule == "1f1b":
+            object.__setattr__(self, "schedule", "interleaved")
+        if self.layers_per_stage is not None:
+            object.__setattr__(self, "layers_per_stage", tuple(self.layers_per_stage))
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    def with_(self, **changes) -> "Strategy":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        parts = [f"tp={self.tp}", f"pp={self.pp}", f"dp={self.dp}"]
+        parts += [f"{k}={getattr(self, k)}" for k in ("cp", "ep", "vpp") if getattr(self, k) > 1]
+        parts += [f"mbs={self.micro_batch}", f"zero={self.zero}", f"recompute={self.recompute}"]
+        if self.sequence_parallel:
+            parts.append("sp=true")
+        return ",".join(parts)
+
+    @classmethod
+    def parse(cls, text: str, **defaults) -> "Strategy":
+        """Parse "tp=8,pp=4,dp=2,mbs=1,zero=1,recompute=selective,sp=true" (unknown keys are an error)."""
+        known = {f.name: f for f in fields(cls)}
+        values = dict(defaults)
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in item:
+                raise ParaplanError(f"strategy item {item!r} is not key=value; allowed keys: {', '.join(sorted(known))}")
+            key, raw = (s.strip() for s in item.split("=", 1))
+            key = ALIASES.get(key, key)
+            if key not in known:
+                raise ParaplanError(f"unknown strategy key {key!r}; allowed: {', '.join(sorted(set(known) | set(ALIASES)))}")
+            values[key] = _convert(key, raw, known[key].type)
+        return cls(**values)
+
+
+def _convert(key: str, raw: str, annotation) -> object:
+    annotation = str(annotation)
+    if annotation.startswith("bool"):
+        if raw.lower() not in _BOOL:
+            raise ParaplanError(f"strategy {key} must be true or false, got {raw!r}")
+        return _BOOL[raw.lower()]
+    if annotation.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ParaplanError(f"strategy {key} must be an integer, got {raw!r}") from None
+    if annotation.startswith("tuple"):
+        try:
+            return tuple(int(x) for x in raw.replace("/", ":").split(":"))
+        except ValueError:
+            raise ParaplanError(f"strategy {key} must be layer counts separated by ':', got {raw!r}") from None
+    return raw
+
+
+# ---- validity rules: each returns None when satisfied, or a one-line reason ---------------------------------------
+def rule_world_size(s, model, cluster, job):
+    if s.world_size != cluster.num_gpus:
+        return f"tp*cp*dp*pp = {s.world_size} must equal the cluster's {cluster.num_gpus} GPUs"
+
+
+def rule_heads_divisible_by_tp(s, model, cluster, job):
+    if model.heads % s.tp:
+        return f"attention heads ({model.heads}) must be divisible by tp ({s.tp})"
+
+
+def rule_kv_heads_vs_tp(s, model, cluster, job):
+    # Megatron replicates KV heads when tp > kv_heads only if tp is a multiple of kv_heads.
+    if model.kv_heads % s.tp and s.tp % model.kv_heads:
+        return f"kv_heads ({model.kv_heads}) and tp ({s.tp}) must divide one another"
+
+
+def rule_ffn_divisible_by_tp(s, model, cluster, job):
+    if model.ffn % s.tp:
+        return f"ffn size ({model.ffn}) must be divisible by tp ({s.tp})"
+
+
+def rule_layers_split(s, model, cluster, job):
+    if s.layers_per_stage is not None:
+        if len(s.layers_per_stage) != s.pp or sum(s.layers_per_stage) != model.layers or min(s.layers_per_stage) < 1:
+            return f"layers_per_stage {s.layers_per_stage} must have pp={s.pp} positive entries summing to {model.layers}"
+        return None
+    if model.layers % (s.pp * s.vpp):
+        return f"layers ({model.layers}) must be divisible by pp*vpp ({s.pp}*{s.vpp})"
+
+
+def rule_batch_divisible(s, model, cluster, job):
+    if job.global_batch % (s.dp * s.micro_batch):
+        return f"global batch ({job.global_batch}) must be divisible by dp*micro_batch ({s.dp}*{s.micro_batch})"
+
+
+def rule_interleaving(s, model, cluster, job):
+    if s.vpp > 1:
+        if s.pp < 2:
+            return "interleaved schedule (vpp > 1) needs pp >= 2"
+        if s.layers_per_stage is not None:
+            return "interleaved schedule (vpp > 1) needs an even layer split"
+
+
+def rule_sequence_divisible(s, model, cluster, job):
+    shards = s.cp * 2 if s.cp > 1 else 1      # causal load balancing splits the sequence into 2*cp chunks
+    if job.seq_len % (shards * (s.tp if s.sequence_parallel else 1)):
+        return f"sequence length ({job.seq_len}) must be divisible by {'2*cp' if s.cp > 1 else ''}{'*tp (SP)' if s.sequence_parallel else ''} = {shards * (s.tp if s.sequence_parallel else 1)}"
+
+
+def rule_sequence_parallel_needs_tp(s, model, cluster, job):
+    if s.sequence_parallel and s.tp == 1:
+        return None  # harmless: Megatron ignores SP at tp=1
+
+
+def rule_experts(s, model, cluster, job):
+    if s.ep > 1:
+        if not model.moe:
+            return f"ep={s.ep} needs a mixture-of-experts model; {model.name} is dense"
+        if model.moe.num_experts % s.ep:
+            return f"experts ({model.moe.num_experts}) must be divisible by ep ({s.ep})"
+        if (s.dp * s.cp) % s.ep:
+            return f"ep ({s.ep}) must divide dp*cp ({s.dp * s.cp})"
+
+
+RULES = (rule_world_size, rule_heads_divisible_by_tp, rule_kv_heads_vs_tp, rule_ffn_divisible_by_tp, rule_layers_split,
+         rule_batch_divisible, rule_interleaving, rule_sequence_divisible, rule_experts)
+
+
+def violations(strategy, model, cluster, job) -> list[str]:
+    """All broken rules, as one-line reasons (empty when the strategy is valid)."""
+    return [reason for rule in RULES if (reason := rule(strategy, model, cluster, job))]
+
+
+def check(strategy, model, cluster, job) -> None:
+    broken = violations(strategy, model, cluster, job)
+    if broken:
+        raise ParaplanError(f"invalid strategy {strategy.describe()}: {broken[0]}")
