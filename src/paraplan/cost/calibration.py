@@ -1,0 +1,68 @@
+"""Calibration constants: per GPU (hardware efficiencies) and per framework (software overheads, defaults).
+
+The numbers live in `catalog/calibration.yaml`, fitted on the measured runs by `benchmarks/fit_calibration.py`.
+Nothing here is per model or per run: a constant describes a GPU type or a training framework.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Calibration:
+    # --- hardware (per GPU type) ---
+    gemm_efficiency: float = 0.80          # fraction of dense peak a large, well-shaped GEMM reaches (MAMF-like)
+    gemm_k_half: float = 96.0              # K at which the GEMM main loop reaches half its efficiency (prologue cost)
+    gemm_tile: int = 128                   # output tile edge used for tile and wave quantisation
+    fp8_gemm_speedup: float = 1.6          # fp8 over bf16 on large GEMMs (not the 2x of the datasheet: casts, scaling)
+    attention_efficiency: float = 0.60     # flash-attention forward at long sequences, fraction of peak
+    attention_seq_half: float = 512.0      # sequence length at which attention reaches half of that
+    attention_backward_ratio: float = 2.5  # backward FLOPs over forward FLOPs for flash attention (5 matmuls vs 2)
+    memory_efficiency: float = 0.80        # fraction of HBM bandwidth reached by element-wise kernels
+    kernel_floor_s: float = 6e-6           # minimum time of any kernel (launch + tail)
+    # --- communication (per GPU type / fabric) ---
+    intra_node_efficiency: float = 0.80    # large-message bus bandwidth over NVLink, fraction of link spec
+    inter_node_efficiency: float = 0.85    # large-message bus bandwidth over the NICs, fraction of wire speed
+    comm_half_size_bytes: float = 8e6      # message size at which a collective reaches half its peak bandwidth
+    collective_latency_s: float = 15e-6    # fixed cost of one collective within a node
+    inter_node_latency_s: float = 30e-6    # extra fixed cost when the collective crosses nodes
+    nvls_speedup: float = 1.25             # NVLink SHARP all-reduce over ring on NVSwitch systems (473 vs 370 GB/s)
+    overlap_slowdown: float = 0.15         # compute slowdown while a collective runs beside it (Calculon: 15% NVLink)
+    # --- software (per framework) ---
+    fused_elementwise: float = 1.0         # 1 = every element-wise op is its own kernel; <1 = fraction left by fusion
+    layer_overhead_s: float = 0.0          # host/launch overhead per layer per micro-batch pass (forward or backward)
+    microbatch_overhead_s: float = 0.0     # per micro-batch per pipeline stage (scheduling, p2p bookkeeping)
+    iteration_overhead_s: float = 0.0      # per optimizer step (logging, loss reduce, grad-norm, clipping)
+
+    def with_(self, **changes) -> "Calibration":
+        return replace(self, **changes)
+
+
+_FIELDS = {f.name for f in fields(Calibration)}
+
+
+@functools.cache
+def _catalog() -> dict:
+    text = resources.files("paraplan").joinpath("catalog", "calibration.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def calibration_for(gpu_name: str, framework: str, overrides: dict | None = None,
+                    catalog: dict | None = None) -> Calibration:
+    """Defaults <- `gpus.<gpu>` <- `frameworks.<framework>` <- `overrides` (e.g. a user's profile).
+    `catalog` replaces calibration.yaml (the fitting script tries candidate constants this way)."""
+    catalog = _catalog() if catalog is None else catalog
+    values: dict = {}
+    values.update(catalog.get("gpus", {}).get("default", {}))
+    values.update(catalog.get("gpus", {}).get(gpu_name, {}))
+    values.update(catalog.get("frameworks", {}).get("default", {}))
+    values.update(catalog.get("frameworks", {}).get(framework, {}))
+    values.update(overrides or {})
+    unknown = set(values) - _FIELDS
+    if unknown:
+        raise ValueError(f"calibration.yaml has unknown keys {sorted(unknown)}")
+    return Calibration(**values)

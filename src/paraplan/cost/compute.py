@@ -1,0 +1,208 @@
+"""Computation cost: FLOPs and bytes per operator of one transformer layer, turned into seconds on one GPU.
+
+Each operator is a GEMM (shape-aware efficiency: tile and wave quantisation, short-K prologue), an attention kernel
+(flash: efficiency rising with sequence length; unfused: batched GEMMs plus s^2 softmax traffic) or a memory-bound
+element-wise kernel (bytes over HBM bandwidth). Every kernel costs at least `kernel_floor_s`.
+Sources: perf_models.md 3.2 (Narayanan 2021 FLOP counts, LLMCompass A100 GEMM shapes, FlashAttention-2/3).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from paraplan.cost.calibration import Calibration
+from paraplan.frameworks import conventions_for
+from paraplan.specs import GPUSpec, JobSpec, ModelSpec, Strategy
+
+
+FLOP_FORMULA = ("model FLOPs per iteration = 6*tokens*(active layer params + vocab*hidden) "
+                "+ 12*tokens*layers*seq_len*q_dim (attention scores and context, not halved for causal masks; "
+                "recompute not counted)")
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    kind: str            # "gemm", "attn", "mem"
+    flops: float = 0.0   # forward FLOPs
+    bytes: float = 0.0   # forward HBM bytes (mem ops)
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    batch: int = 1       # batched GEMMs (unfused attention: b * heads)
+
+
+@dataclass(frozen=True)
+class LayerCompute:
+    """Seconds for one micro-batch through one layer on one GPU."""
+    forward_s: float
+    backward_s: float
+    forward_flops: float
+
+
+def gemm_time(m: int, n: int, k: int, gpu: GPUSpec, cal: Calibration, precision: str, batch: int = 1) -> float:
+    """Time of C[m,n] = A[m,k] B[k,n] (x batch). Tile quantisation wastes the partial tiles; wave quantisation
+    leaves SMs idle in the last wave; short K pays the main-loop prologue (NVIDIA matmul performance guide)."""
+    if m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    flops = 2.0 * m * n * k * batch
+    tile = cal.gemm_tile
+    tiles = math.ceil(m / tile) * math.ceil(n / tile) * batch
+    waves = math.ceil(tiles / gpu.sm_count)
+    useful = (m * n * batch) / (tiles * tile * tile)        # tile quantisation
+    wave_fill = tiles / (waves * gpu.sm_count)               # wave quantisation
+    k_eff = k / (k + cal.gemm_k_half)
+    peak = gpu.peak("bf16") * 1e12
+    if precision == "fp8":
+        peak *= cal.fp8_gemm_speedup
+    eff = cal.gemm_efficiency * useful * wave_fill * k_eff
+    compute = flops / (peak * eff)
+    bytes_moved = (m * k + k * n) * batch * (1 if precision == "fp8" else 2) + m * n * batch * 2
+    return max(compute, bytes_moved / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
+
+
+def mem_time(nbytes: float, gpu: GPUSpec, cal: Calibration) -> float:
+    return max(nbytes / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
+
+
+def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration, backward: bool) -> float:
+    eff = cal.attention_efficiency * seq / (seq + cal.attention_seq_half)
+    if backward:
+        flops *= cal.attention_backward_ratio
+    return max(flops / (gpu.peak("bf16") * 1e12 * eff), cal.kernel_floor_s)
+
+
+def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: bool = False,
+              micro_batch: int | None = None, flash_attention: bool | None = None) -> list[Op]:
+    """Forward operators of one layer for one micro-batch on one GPU (TP shards, CP shards the sequence).
+    `flash_attention` None -> the framework's convention (paraplan.frameworks)."""
+    if flash_attention is None:
+        flash_attention = conventions_for(job.framework).flash_attention
+    b = micro_batch or strategy.micro_batch
+    tp, cp = strategy.tp, strategy.cp
+    s_q = job.seq_len // cp                 # queries held by this rank
+    tokens = b * s_q                        # GEMM rows (SP gathers the full local sequence before each GEMM)
+    h = model.hidden
+    heads = max(1, model.heads // tp)
+    kv_heads_local = max(1, model.kv_heads // tp)
+    q_local = model.q_dim // tp
+    kv_local = kv_heads_local * model.head_dim if not model.mla else model.kv_dim // tp
+    ops: list[Op] = []
+    act = 2                                 # bytes per activation element (bf16/fp16)
+    # Norm, attention block and residual. SP shards the element-wise work over TP.
+    ew_shard = tp if strategy.sequence_parallel else 1
+    ops.append(Op("input_norm", "mem", bytes=2 * tokens * h * act / ew_shard))
+    ops.append(Op("qkv_proj", "gemm", flops=2 * tokens * h * (q_local + 2 * kv_local), m=tokens, n=q_local + 2 * kv_local, k=h))
+    if model.norm == "rmsnorm":             # Llama-style models apply rotary embeddings to Q and K
+        ops.append(Op("rotary", "mem", bytes=2 * tokens * (q_local + kv_local) * act))
+    head_dim = model.head_dim if not model.mla else (model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim)
+    v_dim = model.head_dim if not model.mla else model.mla.v_head_dim
+    s_k = job.seq_len                       # keys attended to (CP ring brings the other ranks' K/V)
+    if flash_attention:
+        # causal attention with block skipping: half of the s_q x s_k score matrix
+        flops = 2 * b * heads * s_q * s_k * (head_dim + v_dim) * 0.5
+        ops.append(Op("flash_attention", "attn", flops=flops, m=s_q))
+    else:
+        # Megatron 2021: two batched GEMMs over the full s x s scores, softmax + mask + dropout unfused
+        ops.append(Op("attn_scores", "gemm", flops=2 * b * heads * s_q * s_k * head_dim, m=s_q, n=s_k, k=head_dim, batch=b * heads))
+        scores = b * heads * s_q * s_k
+        ops.append(Op("softmax", "mem", bytes=scores * act * 2))
+        ops.append(Op("attn_dropout", "mem", bytes=scores * (act * 2 + 1)))
+        ops.append(Op("attn_context", "gemm", flops=2 * b * heads * s_q * s_k * v_dim, m=s_q, n=v_dim, k=s_k, batch=b * heads))
+    ops.append(Op("out_proj", "gemm", flops=2 * tokens * heads * v_dim * h, m=tokens, n=h, k=heads * v_dim))
+    ops.append(Op("residual_dropout_add", "mem", bytes=3 * tokens * h * act / ew_shard))
+    ops.append(Op("post_attn_norm", "mem", bytes=2 * tokens * h * act / ew_shard))
+    # MLP
+    mats = 2 if model.gated_mlp else 1
+    if moe_layer and model.moe:
+        moe = model.moe
+        ops.append(Op("router", "gemm", flops=2 * tokens * h * moe.num_experts, m=tokens, n=moe.num_experts, k=h))
+        ffn = moe.expert_ffn // tp
+        routed = tokens * moe.top_k          # tokens per GPU after dispatch, balanced routing assumed
+        local_experts = max(1, moe.num_experts // strategy.ep)
+        rows = max(1, routed // local_experts)
+        ops.append(Op("expert_up", "gemm", flops=2 * routed * h * ffn * mats, m=rows, n=ffn * mats, k=h, batch=local_experts))
+        ops.append(Op("expert_act", "mem", bytes=routed * ffn * act * (mats + 1)))
+        ops.append(Op("expert_down", "gemm", flops=2 * routed * ffn * h, m=rows, n=h, k=ffn, batch=local_experts))
+        ops.append(Op("permute", "mem", bytes=4 * routed * h * act))
+        if moe.shared_experts:
+            sffn = (moe.shared_expert_ffn or moe.expert_ffn) * moe.shared_experts // tp
+            ops.append(Op("shared_up", "gemm", flops=2 * tokens * h * sffn * mats, m=tokens, n=sffn * mats, k=h))
+            ops.append(Op("shared_down", "gemm", flops=2 * tokens * sffn * h, m=tokens, n=h, k=sffn))
+    else:
+        ffn = model.ffn // tp
+        ops.append(Op("mlp_up", "gemm", flops=2 * tokens * h * ffn * mats, m=tokens, n=ffn * mats, k=h))
+        ops.append(Op("mlp_act", "mem", bytes=tokens * ffn * act * (mats + 1)))
+        ops.append(Op("mlp_down", "gemm", flops=2 * tokens * ffn * h, m=tokens, n=h, k=ffn))
+    ops.append(Op("residual_dropout_add", "mem", bytes=3 * tokens * h * act / ew_shard))
+    return ops
+
+
+def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bool) -> float:
+    """Backward of a GEMM is two GEMMs of the same size (input gradient and weight gradient)."""
+    if op.kind == "gemm":
+        t = gemm_time(op.m, op.n, op.k, gpu, cal, precision, op.batch)
+        if not backward:
+            return t
+        # dgrad: [m,k] = [m,n][n,k]; wgrad: [k,n] = [k,m][m,n]
+        return gemm_time(op.m, op.k, op.n, gpu, cal, precision, op.batch) + gemm_time(op.k, op.n, op.m, gpu, cal, precision, op.batch)
+    if op.kind == "attn":
+        return flash_attention_time(op.flops, op.m, gpu, cal, backward)
+    # element-wise backward reads the saved input and the incoming gradient and writes one gradient
+    return mem_time(op.bytes * (1.5 if backward else 1.0) * cal.fused_elementwise, gpu, cal)
+
+
+def layer_compute(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
+                  moe_layer: bool = False) -> LayerCompute:
+    ops = layer_ops(model, job, strategy, moe_layer)
+    fwd = sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops) + cal.layer_overhead_s
+    bwd = sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops) + cal.layer_overhead_s
+    return LayerCompute(fwd, bwd, sum(op.flops for op in ops))
+
+
+def recompute_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
+                   moe_layer: bool = False) -> float:
+    """Extra forward work in backward: the whole layer (full) or only the attention core (selective)."""
+    if strategy.recompute == "none":
+        return 0.0
+    ops = layer_ops(model, job, strategy, moe_layer)
+    if strategy.recompute == "selective":
+        ops = [op for op in ops if op.name in ("flash_attention", "attn_scores", "softmax", "attn_dropout", "attn_context")]
+        return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops)
+    return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops) + cal.layer_overhead_s
+
+
+def embedding_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration) -> tuple[float, float]:
+    """(forward, backward) of the input embedding lookup on the first stage: a gather and a scatter-add."""
+    tokens = strategy.micro_batch * job.seq_len // strategy.cp
+    nbytes = tokens * model.hidden * 2
+    return mem_time(nbytes * 2, gpu, cal), mem_time(nbytes * 3, gpu, cal)
+
+
+def head_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration) -> tuple[float, float]:
+    """(forward, backward) of final norm + LM head GEMM + vocab-parallel cross-entropy (fp32) on the last stage."""
+    tokens = strategy.micro_batch * job.seq_len // strategy.cp
+    v_local = math.ceil(model.vocab / strategy.tp)
+    h = model.hidden
+    fwd_gemm = Op("lm_head", "gemm", flops=2 * tokens * h * v_local, m=tokens, n=v_local, k=h)
+    logits_bytes = tokens * v_local * 4
+    fwd = (op_time(fwd_gemm, gpu, cal, job.precision, False) + mem_time(2 * tokens * h * 2, gpu, cal)
+           + mem_time(3 * logits_bytes, gpu, cal))
+    bwd = op_time(fwd_gemm, gpu, cal, job.precision, True) + mem_time(2 * logits_bytes, gpu, cal) + mem_time(3 * tokens * h * 2, gpu, cal)
+    return fwd, bwd
+
+
+def optimizer_time(params_on_gpu: float, gpu: GPUSpec, cal: Calibration) -> float:
+    """Adam step over the parameters this GPU updates: reads fp32 master, 2 moments and grad (16 B), writes master,
+    moments and the bf16 copy (14 B) (perf_models.md 3.2.4). Multi-tensor apply: a few large kernels."""
+    return mem_time(params_on_gpu * 30, gpu, cal) + 20 * cal.kernel_floor_s
+
+
+def model_flops_per_iteration(model: ModelSpec, job: JobSpec) -> float:
+    """Model FLOPs of one optimizer step, for MFU (see FLOP_FORMULA)."""
+    tokens = job.tokens_per_step
+    layer_params = sum(model.layer_params(i) for i in range(model.layers))
+    if model.moe:
+        inactive = (model.moe.num_experts - model.moe.top_k) * model.mlp_params(model.moe.expert_ffn)
+        layer_params -= inactive * model.num_moe_layers
+    return 6 * tokens * (layer_params + model.vocab * model.hidden) + 12 * tokens * model.layers * job.seq_len * model.q_dim

@@ -1,0 +1,330 @@
+"""Per-GPU memory: weights, gradients, optimizer state, stored activations, transients and overheads.
+
+Sources (docs/reference/perf_models.md 3.4-3.5): Korthikanti et al. 2022 (arXiv 2205.05198) Table 2 for
+activations; Megatron-LM megatron/training/theoretical_memory_usage.py for the weight/optimizer bytes, the
+edge-stage extras and the in-flight micro-batch counts; the ZeRO paper for stage-by-stage sharding; torchtitan
+(parallelize.py op-level SAC policy, train.py loss) for its conventions. Per-framework constants live in
+paraplan/frameworks.py.
+
+Activation bytes per token of one transformer layer (no recompute), h hidden, q = heads*head_dim, kv = kv width,
+f = ffn, a = heads, t = tp, t_sp = t with sequence parallelism else 1 (Korthikanti's "replicated" parts):
+  attention  LN1 input 2h/t_sp + QKV-GEMM input 2h/t_sp + Q 2q/t + K 2kv/t_kv + V 2kv/t_kv + out-proj input 2q/t
+             + [dropout: mask h/t_sp] + [no flash: softmax output 2as/t (+ dropout mask as + dropout output 2as)]
+             + [flash: fp32 log-sum-exp 4a/t]
+  MLP        LN2 input 2h/t_sp + fc1 input 2h/t_sp + intermediates/t + [dropout: mask h/t_sp]
+             intermediates: GeLU 4f (fc1 output 2f + GeLU output 2f; = 16h at f = 4h, Korthikanti's 8+8);
+             SwiGLU fused (Megatron bias_swiglu: stores [gate, up] 4f and the product 2f) = 6f;
+             SwiGLU unfused (eager PyTorch: w1 out, silu(w1 out), w3 out, product) 8f.
+  With MHA, GeLU, f = 4h, dropout and no flash this is Korthikanti's s*b*h*(34 + 5as/h) (t = 1): 11h + 5as
+  (attention) + 19h (MLP) + 4h (norms). t_kv = min(t, kv_heads): K/V heads are replicated when t > kv_heads.
+MoE layer (state the formula): the MLP is replaced by router fp32 logits + probabilities 8E/t_sp, plus per routed
+  copy (top_k per token) the dispatched input 2h and the expert output 2h (Megatron all-gathers tokens over the
+  expert-TP group, so these are not divided by t) and the expert intermediates/t (expert-TP = tp), plus each
+  shared expert's intermediates/t. Tokens per expert are assumed balanced (dropless, force-balanced routing).
+CP divides the tokens (s/cp per GPU); the score term uses the local key length s/cp as well.
+fp8: activations are counted in bf16 (TE keeps fp8 copies of some GEMM inputs, so this is conservative).
+"""
+from __future__ import annotations
+
+from paraplan.frameworks import MEGATRON_FAMILY, MemoryConventions, conventions_for
+from paraplan.errors import ParaplanError
+from paraplan.specs.model import ModelSpec
+from paraplan.specs.plan import MemoryBreakdown
+
+GIB = 1024 ** 3
+
+
+# ---- switches ------------------------------------------------------------------------------------------------
+def _dropout(model: ModelSpec, framework: str, dropout: bool | None) -> bool:
+    """GPT-style recipes (LayerNorm + biases) train with dropout 0.1 in Megatron-family engines; Llama-style
+    recipes (RMSNorm, no bias) and torchtitan/MaxText use none. model.extra["dropout"] overrides."""
+    if dropout is not None:
+        return dropout
+    if "dropout" in model.extra:
+        return bool(model.extra["dropout"])
+    return framework in MEGATRON_FAMILY and model.norm == "layernorm" and model.linear_bias
+
+
+def _sp_div(strategy, conv: MemoryConventions) -> int:
+    sp = strategy.sequence_parallel or conv.always_sp_with_tp
+    return strategy.tp if sp else 1
+
+
+def _widths(model: ModelSpec):
+    """(q, k, v, attention-output) widths; MLA keys are q-wide and values heads*v_head_dim."""
+    if model.mla:
+        return model.q_dim, model.q_dim, model.kv_dim, model.kv_dim
+    return model.q_dim, model.kv_dim, model.kv_dim, model.q_dim
+
+
+def _kv_div(model: ModelSpec, tp: int) -> int:
+    return tp if model.mla else min(tp, model.kv_heads)
+
+
+def _intermediate(model: ModelSpec, ffn: int, conv: MemoryConventions) -> float:
+    """Bytes per token stored inside one MLP (or expert) of inner size ffn, before TP division."""
+    if not model.gated_mlp:
+        return 4 * ffn                      # GeLU input 2f + GeLU output 2f (Korthikanti: 8sbh + 8sbh at f = 4h)
+    return 6 * ffn if conv.fused_swiglu else 8 * ffn
+
+
+# ---- per-layer activations -----------------------------------------------------------------------------------
+def _layer_parts(model, job, strategy, moe_layer, flash, dropout):
+    """Bytes per token (on this GPU) of one layer with no recompute, split into
+    (kept_by_megatron_selective, dropped_by_megatron_selective)."""
+    conv = conventions_for(job.framework)
+    h, a, t = model.hidden, model.heads, strategy.tp
+    tsp, tkv = _sp_div(strategy, conv), _kv_div(model, t)
+    q, k, v, o = _widths(model)
+    s_keys = job.seq_len / strategy.cp
+    mask = 1.0 if dropout else 0.0
+    attn = 2 * h / tsp + 2 * h / tsp + 2 * q / t + 2 * k / tkv + 2 * v / tkv + 2 * o / t + mask * h / tsp
+    if flash:
+        core = 4 * a / t                    # FlashAttention keeps only the fp32 log-sum-exp (a per token)
+    else:                                   # softmax output 2as (+ dropout mask as + dropout output 2as)
+        core = (2 + 3 * mask) * a * s_keys / t
+    mlp = 2 * h / tsp + 2 * h / tsp + mask * h / tsp
+    if moe_layer and model.moe:
+        me = model.moe
+        mlp += 8 * me.num_experts / tsp     # router logits + probabilities in fp32
+        mlp += me.top_k * (4 * h + _intermediate(model, me.expert_ffn, conv) / t)
+        if me.shared_experts:
+            mlp += me.shared_experts * _intermediate(model, me.shared_expert_ffn or me.expert_ffn, conv) / t
+    else:
+        mlp += _intermediate(model, model.ffn, conv) / t
+    return attn + mlp, core
+
+
+def _torchtitan_op_sac(model, job, strategy, moe_layer) -> float:
+    """torchtitan selective AC "op" (parallelize.py _custom_policy): the block input is saved by checkpoint, and
+    of the ops in _save_list (mm, SDPA, reduce_scatter, max) the outputs are kept except every second mm.
+    Per block the mms run wq, wk, wv, wo, w1, (w3,) w2: odd ones kept = wq, wv, w1, w2 (gated) or wq, wv, w1.
+    SDPA keeps its output and the fp32 log-sum-exp. With TP the row-parallel w2 output is the unreduced partial
+    (full h) and both reduce_scatter outputs (h/t) are saved. MoE: routed w1 outputs per copy (approximation)."""
+    conv = conventions_for(job.framework)
+    h, a, t = model.hidden, model.heads, strategy.tp
+    tsp, tkv = _sp_div(strategy, conv), _kv_div(model, t)
+    q, _, v, o = _widths(model)
+    saved = 2 * h / tsp + 2 * q / t + 2 * v / tkv + 2 * o / t + 4 * a / t
+    if moe_layer and model.moe:
+        saved += model.moe.top_k * 2 * model.moe.expert_ffn / t + 8 * model.moe.num_experts / tsp
+    else:
+        saved += 2 * model.ffn / t
+    if model.gated_mlp:
+        saved += 2 * h                      # w2 output (partial sum when t > 1)
+    if t > 1:
+        saved += 2 * 2 * h / t              # reduce_scatter outputs after wo and w2
+    return saved
+
+
+def _per_token(model, job, strategy, moe_layer, flash, dropout):
+    """(stored, recompute working set) bytes per token of one layer on this GPU."""
+    conv = conventions_for(job.framework)
+    kept, core = _layer_parts(model, job, strategy, moe_layer, flash, dropout)
+    full_set = kept + core
+    if strategy.recompute == "none":
+        return full_set, 0.0
+    if strategy.recompute == "full":        # only the layer input survives (Korthikanti: 2sbh, /t with SP)
+        return 2 * model.hidden / _sp_div(strategy, conv), full_set
+    if conv.selective_style == "torchtitan-op":
+        saved = min(_torchtitan_op_sac(model, job, strategy, moe_layer), full_set)
+        return saved, full_set - saved
+    return kept, core                       # Megatron selective: recompute core attention only
+
+
+def _tokens(job, strategy, micro_batch):
+    return (micro_batch or strategy.micro_batch) * job.seq_len / strategy.cp
+
+
+def activation_bytes_per_layer(model, job, strategy, micro_batch: int | None = None, moe_layer: bool = False,
+                               flash_attention: bool | None = None, dropout: bool | None = None) -> float:
+    """Stored activation bytes of one micro-batch for one transformer layer on one GPU, by recompute mode, tp,
+    sp, cp and attention kernel (flash_attention None -> the framework default, frameworks.py)."""
+    flash = conventions_for(job.framework).flash_attention if flash_attention is None else flash_attention
+    stored, _ = _per_token(model, job, strategy, moe_layer, flash, _dropout(model, job.framework, dropout))
+    return stored * _tokens(job, strategy, micro_batch)
+
+
+def recompute_working_set_bytes(model, job, strategy, micro_batch: int | None = None, moe_layer: bool = False,
+                                flash_attention: bool | None = None, dropout: bool | None = None) -> float:
+    """Transient bytes recomputed for one layer during its backward (0 without recompute)."""
+    flash = conventions_for(job.framework).flash_attention if flash_attention is None else flash_attention
+    _, work = _per_token(model, job, strategy, moe_layer, flash, _dropout(model, job.framework, dropout))
+    return work * _tokens(job, strategy, micro_batch)
+
+
+# ---- pipeline layout -----------------------------------------------------------------------------------------
+def stage_layers(model, strategy) -> list[list[int]]:
+    """Layer indices of each pipeline chunk, rank-major: entry r*vpp + c holds virtual stage r + c*pp (so with
+    vpp = 1 entry r is pipeline rank r). strategy.layers_per_stage gives an uneven split (vpp = 1 only)."""
+    pp, vpp, n = strategy.pp, strategy.vpp, model.layers
+    if strategy.layers_per_stage is not None:
+        counts = list(strategy.layers_per_stage)
+        if vpp != 1 or len(counts) != pp or sum(counts) != n or min(counts) < 1:
+            raise ParaplanError(f"layers_per_stage {tuple(counts)} must have pp={pp} positive entries summing to "
+                                f"{n} (and vpp = 1)")
+    else:
+        stages = pp * vpp
+        if n < stages:
+            raise ParaplanError(f"layers ({n}) must be at least pp*vpp ({stages})")
+        base, extra = divmod(n, stages)     # even split; a remainder goes to the last stages
+        counts = [base + (1 if i >= stages - extra else 0) for i in range(stages)]
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    virtual = [list(range(starts[i], starts[i] + counts[i])) for i in range(len(counts))]
+    return [virtual[r + c * pp] for r in range(pp) for c in range(vpp)]
+
+
+def rank_layers(model, strategy) -> list[list[int]]:
+    """All layer indices held by each pipeline rank (its vpp chunks concatenated)."""
+    chunks = stage_layers(model, strategy)
+    v = strategy.vpp
+    return [[i for c in chunks[r * v:(r + 1) * v] for i in c] for r in range(strategy.pp)]
+
+
+def num_microbatches(job, strategy) -> int:
+    return max(1, job.global_batch // (strategy.dp * strategy.micro_batch))
+
+
+def closed_form_inflight(job, strategy) -> list[int]:
+    """Peak micro-batch-chunks in flight per rank (perf_models.md 3.4; Megatron schedules.py warm-up counts).
+    1F1B: min(pp - r, m). Interleaved: warm-up 2(pp-r-1) + (vpp-1)pp, +1 -> at r = 0 this is vpp*pp*(1 +
+    (pp-1)/(pp*vpp)) chunks, Megatron's interleaving penalty; capped at m*vpp. GPipe: all m micro-batches."""
+    pp, vpp, m = strategy.pp, strategy.vpp, num_microbatches(job, strategy)
+    if strategy.schedule == "gpipe":
+        return [m * vpp] * pp
+    if vpp > 1:
+        return [min(2 * (pp - r - 1) + (vpp - 1) * pp + 1, m * vpp) for r in range(pp)]
+    return [min(pp - r, m) for r in range(pp)]
+
+
+# ---- parameters ----------------------------------------------------------------------------------------------
+def layer_params_on_gpu(model, strategy, i) -> tuple[float, float]:
+    """(non-expert, expert) parameters of layer i on one GPU. Attention and dense MLP / tp (K/V replicated when
+    tp > kv_heads); norms replicated (counted whole); router replicated; routed experts / (ep * expert-tp) with
+    expert-tp = tp (Megatron's default expert_tensor_parallel_size); shared experts / tp."""
+    t = strategy.tp
+    attn = model.attention_params()
+    if not model.mla and t > model.kv_heads:    # K, V projections replicated t / kv_heads times
+        kv = 2 * model.hidden * model.kv_dim
+        attn_local = (attn - kv) / t + kv / model.kv_heads
+    else:
+        attn_local = attn / t
+    dense = attn_local + model.norm_params_per_layer()
+    if model.is_moe_layer(i):
+        router = model.hidden * model.moe.num_experts
+        dense += (model.dense_mlp_params_per_moe_layer() - router) / t + router
+        return dense, model.expert_params_per_layer() / (strategy.ep * t)
+    return dense + model.mlp_params(model.ffn) / t, 0.0
+
+
+def params_by_rank(model, strategy) -> list[tuple[float, float]]:
+    """(non-expert, expert) parameters held by each pipeline rank. Embedding on rank 0, final norm and LM head
+    on the last rank (both / tp); tied embeddings keep a copy on the last stage when pp > 1 (Megatron)."""
+    out = []
+    layers = rank_layers(model, strategy)
+    for r, idx in enumerate(layers):
+        dense = expert = 0.0
+        for i in idx:
+            d, e = layer_params_on_gpu(model, strategy, i)
+            dense, expert = dense + d, expert + e
+        if r == 0:
+            dense += model.embedding_params() / strategy.tp
+        if r == strategy.pp - 1:
+            dense += model.hidden * (2 if model.norm == "layernorm" else 1)
+            if not model.tied_embeddings:
+                dense += model.output_params() / strategy.tp
+            elif strategy.pp > 1:
+                dense += model.embedding_params() / strategy.tp
+        out.append((dense, expert))
+    return out
+
+
+def state_bytes_per_param(framework: str, zero: int, shard: int) -> tuple[float, float, float]:
+    """(weight, gradient, optimizer) bytes per parameter at ZeRO stage `zero` sharded over `shard` ranks.
+    Megatron-family bf16/fp16: 2 + 4 (fp32 main grad) + 12 -> 18, distributed optimizer 6 + 12/d
+    (theoretical_memory_usage.py; dist_optimizer.md). ZeRO-2 also shards grads, ZeRO-3 params (ZeRO paper).
+    torchtitan/MaxText: fp32 sharded params 4 + grads 4 + Adam 8 = 16/d under FSDP (ZeRO-3)."""
+    conv = conventions_for(framework)
+    p, g, o = conv.param_bytes, conv.grad_bytes, conv.optimizer_bytes
+    d = max(1, shard)
+    if zero >= 1:
+        o /= d
+    if zero >= 2:
+        g /= d
+    if zero >= 3:
+        p /= d
+    return p, g, o
+
+
+# ---- totals --------------------------------------------------------------------------------------------------
+def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] | None = None,
+                   flash_attention: bool | None = None) -> list[MemoryBreakdown]:
+    """MemoryBreakdown of every pipeline rank. inflight_microbatches[r]: peak micro-batch-chunks in flight on
+    rank r (pipeline simulator); None -> closed_form_inflight."""
+    s, conv = strategy, conventions_for(job.framework)
+    flash = conv.flash_attention if flash_attention is None else flash_attention
+    drop = _dropout(model, job.framework, None)
+    inflight = list(inflight_microbatches) if inflight_microbatches is not None else closed_form_inflight(job, s)
+    if len(inflight) != s.pp:
+        raise ParaplanError(f"inflight_microbatches has {len(inflight)} entries, expected pp={s.pp}")
+    tokens = _tokens(job, s, None)
+    tsp = _sp_div(s, conv)
+    capacity = gpu.hbm_gib * (1 - job.memory_headroom)
+    shard_dense = s.dp * s.cp                 # Megatron dist-opt and FSDP shard over the dp x cp group
+    shard_expert = max(1, s.dp * s.cp // s.ep)
+    wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense)
+    we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert)
+    per = {False: _per_token(model, job, s, False, flash, drop), True: _per_token(model, job, s, True, flash, drop)}
+    layers = rank_layers(model, s)
+    out = []
+    for r, (pdense, pexp) in enumerate(params_by_rank(model, s)):
+        weights = pdense * wd + pexp * we
+        grads = pdense * gd + pexp * ge
+        optim = pdense * od + pexp * oe
+        local = [layer_params_on_gpu(model, s, i) for i in layers[r]]
+        biggest_layer = max((d + e for d, e in local), default=0.0)
+        transient = 0.0
+        if s.zero >= 3:
+            # FSDP/ZeRO-3: ~2 layers of gathered bf16 params (current + prefetch) and one layer's unsharded
+            # grads in bf16 plus the fp32 reduce-scatter copy (perf_models.md 3.5.3).
+            transient += biggest_layer * (2 * 2 + 2 + 4)
+            if job.framework == "torchtitan" and s.pp > 1:
+                # torchtitan sets reshard_after_forward=False with PP and accumulates unsharded fp32 grads over
+                # micro-batches (FSDP2 to_accumulated_grad_if_needed): the whole stage, resident.
+                weights += (pdense + pexp) * 2
+                grads += (pdense + pexp) * 4
+        if job.precision == "fp8":
+            if s.zero >= 3:
+                transient += biggest_layer * 2          # fp8 casts of the gathered layers
+            else:
+                weights += pdense + pexp               # TE fp8 weight copy, +1 B/param (simplification)
+        # stored activations: inflight chunks x (layers of this rank / vpp) per chunk
+        per_rank_tokens = sum(per[model.is_moe_layer(i)][0] for i in layers[r]) / s.vpp
+        act = inflight[r] * per_rank_tokens * tokens
+        mb_inflight = -(-inflight[r] // s.vpp)          # whole micro-batches touching the first/last chunk
+        if r == 0:                                       # token ids (int64) + embedding dropout mask
+            act += mb_inflight * tokens * (8 + (model.hidden / tsp if drop else 0))
+        work = max((per[model.is_moe_layer(i)][1] for i in layers[r]), default=0.0) * tokens
+        if r == s.pp - 1:
+            last_mb = mb_inflight if s.schedule == "gpipe" else 1
+            act += last_mb * tokens * 4 * model.hidden / tsp    # final norm input + LM-head input
+            ce = conv.ce_bytes_per_logit
+            if job.framework == "torchtitan" and s.tp > 1:
+                ce = 16                                 # DTensor loss_parallel temporaries (frameworks.py)
+            logits = tokens * model.vocab / s.tp * ce   # vocab-parallel logits + cross-entropy, fp32
+            work = max(work, logits)
+        transient += work
+        act_gib, trans_gib = act / GIB, transient / GIB
+        out.append(MemoryBreakdown(
+            weights_gib=weights / GIB, gradients_gib=grads / GIB, optimizer_gib=optim / GIB,
+            activations_gib=act_gib, transient_gib=trans_gib,
+            overhead_gib=conv.overhead_fixed_gib + conv.overhead_fraction * (act_gib + trans_gib),
+            capacity_gib=capacity))
+    return out
+
+
+def memory_per_gpu(model, job, strategy, gpu, inflight_microbatches: list[int] | None = None,
+                   flash_attention: bool | None = None) -> MemoryBreakdown:
+    """The most loaded pipeline rank (max total over ranks)."""
+    return max(memory_by_rank(model, job, strategy, gpu, inflight_microbatches, flash_attention),
+               key=lambda b: b.total_gib)

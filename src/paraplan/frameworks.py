@@ -1,0 +1,107 @@
+"""Each training framework's conventions, in one table: the strategy defaults an estimate assumes when a run does
+not say, what the engine stores in memory and in which dtype, and how it reduces gradients.
+
+Strategy defaults: Megatron-LM arguments.py and NeMo recipes (SP on with TP, distributed optimizer, overlap flags
+on); vTrain's Megatron-DeepSpeed setup (no gradient bucketing: the DP all-reduce runs after the last backward);
+torchtitan's llama3 configs (FSDP2 = ZeRO-3, selective AC default). Memory conventions: see each entry; the two
+torchtitan fudge numbers are calibrated on the torchtitan Llama 3.1 8B benchmark (Tables 1 and 3 of
+benchmarks/llama3_h100_202412_torchtitan.md) and checked out of sample on its Tables 2 and 4 (tests/test_memory.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FRAMEWORK_DEFAULTS: dict[str, dict] = {
+    "megatron-lm": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
+                    "overlap_param_gather": True},
+    "nemo": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
+             "overlap_param_gather": True},
+    "megatron-deepspeed": {"sequence_parallel": False, "zero": 0, "recompute": "full", "overlap_grad_reduce": False,
+                           "overlap_param_gather": False},
+    "deepspeed": {"sequence_parallel": False, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
+                  "overlap_param_gather": False},
+    "torchtitan": {"sequence_parallel": True, "zero": 3, "recompute": "selective", "overlap_grad_reduce": True,
+                   "overlap_param_gather": True},
+    "maxtext": {"sequence_parallel": False, "zero": 3, "recompute": "full", "overlap_grad_reduce": True,
+                "overlap_param_gather": True},
+    "other": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
+              "overlap_param_gather": True},
+}
+
+
+def defaults_for(framework: str) -> dict:
+    return dict(FRAMEWORK_DEFAULTS.get(framework, FRAMEWORK_DEFAULTS["other"]))
+
+
+MEGATRON_FAMILY = ("megatron-lm", "nemo", "megatron-deepspeed", "deepspeed", "other")
+
+
+@dataclass(frozen=True)
+class MemoryConventions:
+    flash_attention: bool         # attention stores only the fp32 log-sum-exp, not the a*s*s scores
+    fused_swiglu: bool            # SwiGLU stores [gate, up] + product (6*ffn B/token) vs unfused 8*ffn
+    selective_style: str          # "megatron": drop core attention; "torchtitan-op": op-level SAC policy
+    param_bytes: float            # bytes/param of the weights used in forward (bf16 copy or fp32 master)
+    grad_bytes: float             # bytes/param of the gradient kept for the optimizer
+    optimizer_bytes: float        # bytes/param of optimizer state (fp32 master copy if separate + Adam m, v)
+    ce_bytes_per_logit: float     # peak bytes per logit element (per TP shard) of output layer + cross-entropy
+    always_sp_with_tp: bool       # engine shards norm/residual activations over TP whenever tp > 1
+    overhead_fixed_gib: float     # CUDA context + NCCL/communicator buffers + library workspaces
+    overhead_fraction: float      # allocator fragmentation, as a fraction of activations + transients
+
+
+# Megatron-LM / NeMo (perf_models.md 3.5.2): bf16 params 2 + fp32 main grads 4 + fp32 master 4 + Adam 8.
+# CE: bf16 logits (2) + the fp32 copy VocabParallelCrossEntropy works on in place (4) = 6 B/logit
+# (megatron/core/tensor_parallel/cross_entropy.py). Overhead: ~0.5 GiB CUDA context (PyTorch PR #86509) +
+# ~1 GiB NCCL buffers with several process groups + TE/cuBLAS workspaces; Megatron's own 1.05 factor on
+# activations plus allocator slack -> 10 % (perf_models.md 3.5.3).
+_MEGATRON = MemoryConventions(flash_attention=True, fused_swiglu=True, selective_style="megatron",
+                              param_bytes=2, grad_bytes=4, optimizer_bytes=12, ce_bytes_per_logit=6,
+                              always_sp_with_tp=False, overhead_fixed_gib=2.0, overhead_fraction=0.10)
+
+FRAMEWORK_MEMORY: dict[str, MemoryConventions] = {
+    "megatron-lm": _MEGATRON,
+    "nemo": _MEGATRON,
+    # vTrain-era Megatron-DeepSpeed (2021 code): no FlashAttention, attention scores stored (Korthikanti 2022
+    # Table 2 as printed). Same fp32 main-grad convention as Megatron for bf16/fp16.
+    "megatron-deepspeed": MemoryConventions(flash_attention=False, fused_swiglu=True, selective_style="megatron",
+                                            param_bytes=2, grad_bytes=4, optimizer_bytes=12, ce_bytes_per_logit=6,
+                                            always_sp_with_tp=False, overhead_fixed_gib=2.0,
+                                            overhead_fraction=0.10),
+    # DeepSpeed engine (ZeRO paper accounting, K = 12); bf16 optimizer accumulates grads in fp32 (4 B).
+    "deepspeed": MemoryConventions(flash_attention=True, fused_swiglu=False, selective_style="megatron",
+                                   param_bytes=2, grad_bytes=4, optimizer_bytes=12, ce_bytes_per_logit=6,
+                                   always_sp_with_tp=False, overhead_fixed_gib=2.0, overhead_fraction=0.10),
+    # torchtitan (FSDP2 MixedPrecisionPolicy(param bf16, reduce fp32)): the sharded parameter is the fp32
+    # master (4) + fp32 grad (4) + Adam m, v (8) = 16 B/param, all sharded. Unfused SwiGLU in eager PyTorch.
+    # CE: model returns self.output(h).float(); F.cross_entropy's log_softmax_backward holds the saved fp32
+    # output, the fp32 grad_output and the fp32 grad_input at once = 12 B/logit (train.py does `del pred`).
+    # With TP the DTensor loss_parallel log_softmax materialises shifted/exp temporaries: 16 B/logit (derived
+    # from torch/distributed/tensor/parallel/loss.py; less sure). Fudge: peak *reserved* memory is what
+    # torchtitan prints; reserved/allocated ~1.18 on Llama 3.1 8B (calibrated, see module docstring).
+    "torchtitan": MemoryConventions(flash_attention=True, fused_swiglu=False, selective_style="torchtitan-op",
+                                    param_bytes=4, grad_bytes=4, optimizer_bytes=8, ce_bytes_per_logit=12,
+                                    always_sp_with_tp=True, overhead_fixed_gib=1.0, overhead_fraction=0.18),
+    # MaxText (JAX): weight_dtype float32 by default, fp32 grads and Adam moments -> 16 B/param; XLA plans
+    # buffers statically, so little fragmentation; fused (XLA) CE ~ bf16 logits + fp32 softmax.
+    "maxtext": MemoryConventions(flash_attention=True, fused_swiglu=True, selective_style="megatron",
+                                 param_bytes=4, grad_bytes=4, optimizer_bytes=8, ce_bytes_per_logit=6,
+                                 always_sp_with_tp=False, overhead_fixed_gib=1.0, overhead_fraction=0.05),
+}
+FRAMEWORK_MEMORY["other"] = _MEGATRON
+
+
+def conventions_for(framework: str) -> MemoryConventions:
+    return FRAMEWORK_MEMORY.get(framework, FRAMEWORK_MEMORY["other"])
+
+
+def default_flash_attention(framework: str) -> bool:
+    """megatron-deepspeed rows (vTrain, 2021-era code) store attention scores; every other engine uses flash."""
+    return conventions_for(framework).flash_attention
+
+
+def grad_reduce_bytes_per_param(framework: str) -> int:
+    """Bytes per parameter the DP gradient reduction moves. Megatron keeps fp32 main grads and reduces them in fp32
+    (arguments.py: grad_reduce_in_fp32 for bf16); torchtitan's FSDP2 reduce dtype is fp32; the 2021-era
+    Megatron-DeepSpeed fp16 runs and DeepSpeed's engine reduce in half precision."""
+    return 2 if framework in ("megatron-deepspeed", "deepspeed") else 4

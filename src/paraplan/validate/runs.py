@@ -1,0 +1,145 @@
+"""Measured-runs CSV (format of data/validation/README.md) -> specs, filling what a row leaves empty with the
+framework's defaults and saying so."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paraplan.errors import ParaplanError
+from paraplan.frameworks import defaults_for
+from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, MoESpec, Strategy
+from paraplan.specs.job import FRAMEWORKS
+from paraplan.specs.loaders import cluster_from_links
+
+REQUIRED = ("id", "layers", "hidden", "heads", "ffn", "vocab", "seq_len", "global_batch", "tp", "pp", "dp", "gpu",
+            "num_gpus")
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+@dataclass
+class RunCase:
+    id: str
+    source: str
+    model: ModelSpec
+    cluster: ClusterSpec
+    job: JobSpec
+    strategy: Strategy
+    measured_iter_time_s: float | None
+    assumptions: list[str] = field(default_factory=list)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParaplanError(f"runs file {str(path)!r} not found")
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ParaplanError(f"runs file {str(path)!r} is not a readable CSV: {exc}") from None
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ParaplanError(f"runs file {str(path)!r} lacks required columns {', '.join(missing)} "
+                            f"(format: data/validation/README.md)")
+    return rows
+
+
+def _int(row: dict, key: str, default: int | None = None) -> int:
+    raw = (row.get(key) or "").strip()
+    if not raw:
+        if default is None:
+            raise ParaplanError(f"row {row.get('id')!r}: column {key} is empty; a positive integer is required")
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} is not an integer") from None
+    if value <= 0 or value != float(raw):
+        raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be a positive integer")
+    return value
+
+
+def _float(row: dict, key: str) -> float | None:
+    raw = (row.get(key) or "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} is not a number") from None
+
+
+def _bool(row: dict, key: str) -> bool | None:
+    raw = (row.get(key) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be true or false")
+
+
+def case_from_row(row: dict) -> RunCase:
+    rid = row.get("id") or "?"
+    assumed: list[str] = []
+    framework = (row.get("framework") or "").strip() or "other"
+    if framework not in FRAMEWORKS:
+        raise ParaplanError(f"row {rid!r}: framework {framework!r} unknown; allowed: {', '.join(FRAMEWORKS)}")
+    defaults = defaults_for(framework)
+    gated = _bool(row, "gated_mlp")
+    if gated is None:
+        gated = False
+        assumed.append("gated_mlp=false")
+    num_experts = _float(row, "num_experts")
+    moe = None
+    if num_experts and num_experts > 1:
+        moe = MoESpec(num_experts=_int(row, "num_experts"), top_k=_int(row, "top_k"),
+                      expert_ffn=_int(row, "expert_ffn", _int(row, "ffn")))
+    model = ModelSpec(name=row.get("model") or rid, layers=_int(row, "layers"), hidden=_int(row, "hidden"),
+                      heads=_int(row, "heads"), kv_heads=_int(row, "kv_heads", _int(row, "heads")),
+                      ffn=_int(row, "ffn"), vocab=_int(row, "vocab"), gated_mlp=gated, moe=moe,
+                      norm="rmsnorm" if gated else "layernorm", linear_bias=not gated,
+                      max_position=_int(row, "seq_len"))
+    precision = (row.get("precision") or "").strip()
+    if not precision:
+        precision = "bf16"
+        assumed.append("precision=bf16")
+    job = JobSpec(global_batch=_int(row, "global_batch"), seq_len=_int(row, "seq_len"), precision=precision,
+                  framework=framework)
+    values = {"tp": _int(row, "tp"), "pp": _int(row, "pp"), "dp": _int(row, "dp"), "cp": _int(row, "cp", 1),
+              "ep": _int(row, "ep", 1), "micro_batch": _int(row, "micro_batch", 1)}
+    if not (row.get("micro_batch") or "").strip():
+        assumed.append("micro_batch=1")
+    vpp = (row.get("vpp") or "").strip()
+    values["vpp"] = _int(row, "vpp") if vpp else 1
+    if not vpp:
+        assumed.append("vpp=1")
+    sp = _bool(row, "sequence_parallel")
+    if sp is None:
+        sp = defaults["sequence_parallel"] and values["tp"] > 1
+        assumed.append(f"sequence_parallel={str(sp).lower()} ({framework} default)")
+    recompute = (row.get("recompute") or "").strip()
+    if not recompute:
+        recompute = defaults["recompute"]
+        assumed.append(f"recompute={recompute} ({framework} default)")
+    zero = (row.get("zero") or "").strip()
+    if zero:
+        zero = _int(row, "zero", 0) if zero != "0" else 0
+    else:
+        zero = defaults["zero"]
+        assumed.append(f"zero={zero} ({framework} default)")
+    strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
+                        overlap_grad_reduce=defaults["overlap_grad_reduce"],
+                        overlap_param_gather=defaults["overlap_param_gather"])
+    num_gpus = _int(row, "num_gpus")
+    if strategy.world_size != num_gpus:
+        raise ParaplanError(f"row {rid!r}: tp*cp*dp*pp = {strategy.world_size} but num_gpus = {num_gpus}")
+    cluster = cluster_from_links(row["gpu"].strip(), num_gpus, _int(row, "gpus_per_node", 8),
+                                 _float(row, "intra_node_GBps"), _float(row, "inter_node_Gbps"))
+    return RunCase(id=rid, source=row.get("source", ""), model=model, cluster=cluster, job=job, strategy=strategy,
+                   measured_iter_time_s=_float(row, "measured_iter_time_s"), assumptions=assumed)

@@ -1,0 +1,114 @@
+"""The iteration estimator: breakdown identities, physical monotonicity, errors for invalid strategies."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from paraplan.cost.calibration import Calibration
+from paraplan.errors import ParaplanError
+from paraplan.estimate import estimate
+from paraplan.specs import ClusterSpec, GPUSpec, JobSpec, LinkSpec, ModelSpec, MoESpec, NodeGroup, Strategy
+
+A100 = GPUSpec("A100-SXM4-80GB", {"bf16": 312.0, "fp16": 312.0}, 74.5, 2039.0, 108)
+GPT = ModelSpec("gpt-test", layers=16, hidden=2048, heads=16, ffn=8192, vocab=51200)
+MOE = ModelSpec("moe-test", layers=8, hidden=1024, heads=16, ffn=4096, vocab=32000, gated_mlp=True,
+                moe=MoESpec(num_experts=8, top_k=2, expert_ffn=2048), norm="rmsnorm", linear_bias=False)
+
+
+def cluster(num_gpus, intra=300.0, inter=25.0, per_node=8):
+    nodes = max(1, num_gpus // per_node)
+    return ClusterSpec("test", (NodeGroup(A100, nodes, min(per_node, num_gpus), LinkSpec("nvlink", intra, 3.0),
+                                          LinkSpec("ib", inter, 8.0)),))
+
+
+def total_from_parts(plan):
+    t = plan.time
+    return (t.compute_s + t.exposed_comm_total_s + t.overlap_slowdown_s + t.bubble_s + t.optimizer_s + t.overhead_s)
+
+
+@pytest.mark.parametrize("strategy", [
+    Strategy(dp=8, micro_batch=2),
+    Strategy(tp=2, pp=2, dp=4, micro_batch=1, recompute="full"),
+    Strategy(tp=4, pp=4, dp=2, vpp=2, micro_batch=1, sequence_parallel=True, zero=1, recompute="selective"),
+    Strategy(tp=2, dp=8, cp=2, zero=3),
+])
+def test_breakdown_adds_up_to_iteration_time(strategy):
+    n = strategy.world_size
+    plan = estimate(GPT, cluster(n), JobSpec(64, 2048, "bf16", "megatron-lm"), strategy)
+    assert total_from_parts(plan) == pytest.approx(plan.iteration_time_s, rel=1e-9)
+    assert plan.tokens_per_s == pytest.approx(64 * 2048 / plan.iteration_time_s)
+
+
+def test_moe_with_expert_parallel_counts_all_to_all():
+    plan = estimate(MOE, cluster(8), JobSpec(32, 1024), Strategy(dp=8, ep=4))
+    assert plan.time.exposed_comm_s.get("ep", 0) > 0
+    assert total_from_parts(plan) == pytest.approx(plan.iteration_time_s, rel=1e-9)
+
+
+def test_pipeline_bubble_shrinks_with_more_microbatches():
+    c = cluster(4)
+    s = Strategy(pp=4, micro_batch=1)
+    few = estimate(GPT, c, JobSpec(4, 1024), s)
+    many = estimate(GPT, c, JobSpec(64, 1024), s)
+    assert few.time.bubble_s / few.iteration_time_s > many.time.bubble_s / many.iteration_time_s
+
+
+def test_interleaving_reduces_the_bubble():
+    c = cluster(4)
+    job = JobSpec(16, 1024)
+    plain = estimate(GPT, c, job, Strategy(pp=4))
+    inter = estimate(GPT, c, job, Strategy(pp=4, vpp=2))
+    assert inter.time.bubble_s < plain.time.bubble_s
+
+
+def test_full_recompute_costs_about_one_extra_forward():
+    c = cluster(8)
+    job = JobSpec(64, 2048)
+    base = estimate(GPT, c, job, Strategy(dp=8, micro_batch=4))
+    full = estimate(GPT, c, job, Strategy(dp=8, micro_batch=4, recompute="full"))
+    # forward ~ 1/3 of forward + backward, so +25..40 % compute (Narayanan 2021: 4/3 of the work)
+    assert 1.2 < full.time.compute_s / base.time.compute_s < 1.45
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([Strategy(dp=16), Strategy(tp=8, dp=2), Strategy(tp=2, pp=2, dp=4),
+                        Strategy(tp=4, pp=2, dp=2, zero=1), Strategy(dp=16, zero=3)]),
+       st.floats(1.0, 8.0))
+def test_more_bandwidth_is_never_slower(strategy, factor):
+    job = JobSpec(64, 2048)
+    slow = estimate(GPT, cluster(16), job, strategy)
+    fast = estimate(GPT, cluster(16, intra=300 * factor, inter=25 * factor), job, strategy)
+    assert fast.iteration_time_s <= slow.iteration_time_s * (1 + 1e-12)
+
+
+def test_faster_gpu_is_never_slower():
+    job = JobSpec(64, 2048)
+    slow = estimate(GPT, cluster(8), job, Strategy(tp=2, dp=4))
+    fast = estimate(GPT, cluster(8), job, Strategy(tp=2, dp=4), calibration=Calibration(gemm_efficiency=0.95))
+    assert fast.iteration_time_s < slow.iteration_time_s
+
+
+@pytest.mark.parametrize("strategy, message", [
+    (Strategy(tp=3, dp=2), "tp*cp*dp*pp = 6"),
+    (Strategy(dp=4), "must equal the cluster's 8 GPUs"),
+    (Strategy(pp=8, vpp=3), "layers (16) must be divisible by pp*vpp"),
+    (Strategy(dp=8, micro_batch=3), "global batch (64) must be divisible by dp*micro_batch"),
+    (Strategy(dp=8, ep=2), "needs a mixture-of-experts model"),
+])
+def test_invalid_strategies_are_one_line_errors(strategy, message):
+    with pytest.raises(ParaplanError) as exc:
+        estimate(GPT, cluster(8), JobSpec(64, 2048), strategy)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_memory_is_reported_and_grows_with_micro_batch():
+    c = cluster(8)
+    small = estimate(GPT, c, JobSpec(64, 2048), Strategy(dp=8, micro_batch=1))
+    large = estimate(GPT, c, JobSpec(64, 2048), Strategy(dp=8, micro_batch=8))
+    assert large.memory.activations_gib > small.memory.activations_gib
+    assert small.memory.capacity_gib == pytest.approx(74.5)
+
+
+def test_heads_must_divide_by_tp():
+    c = ClusterSpec("six", (NodeGroup(A100, 1, 6, LinkSpec("nvlink", 300, 3.0), LinkSpec("ib", 25, 8.0)),))
+    with pytest.raises(ParaplanError, match=r"heads \(16\) must be divisible by tp \(3\)"):
+        estimate(GPT, c, JobSpec(64, 2048), Strategy(tp=3, dp=2))
