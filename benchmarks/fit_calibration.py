@@ -31,17 +31,23 @@ CATALOG = ROOT / "src" / "paraplan" / "catalog" / "calibration.yaml"
 
 # (section, key, parameter, lower, upper): what is fitted, and its physical range.
 PARAMETERS = [
-    ("gpus", "A100-SXM4-80GB", "gemm_efficiency", 0.5, 0.95),
-    ("gpus", "A100-SXM4-80GB", "kernel_floor_s", 1e-6, 40e-6),
-    ("gpus", "A100-SXM4-80GB", "inter_node_efficiency", 0.3, 0.95),
-    ("gpus", "A100-SXM4-80GB", "intra_node_efficiency", 0.4, 0.95),
-    ("gpus", "H100-SXM5-80GB", "gemm_efficiency", 0.5, 0.95),
-    ("gpus", "H100-SXM5-80GB", "attention_efficiency", 0.3, 0.9),
+    ("gpus", "A100-SXM4-80GB", "gemm_efficiency", 0.4, 0.95),
+    ("gpus", "A100-SXM4-80GB", "memory_efficiency", 0.3, 0.95),
+    ("gpus", "A100-SXM4-80GB", "inter_node_efficiency", 0.5, 0.97),
+    ("gpus", "H100-SXM5-80GB", "gemm_efficiency", 0.4, 0.95),
+    ("gpus", "H100-SXM5-80GB", "attention_efficiency", 0.2, 0.9),
     ("gpus", "H100-SXM5-80GB", "fp8_gemm_speedup", 1.0, 2.0),
-    ("frameworks", "megatron-deepspeed", "layer_overhead_s", 0.0, 2e-3),
-    ("frameworks", "megatron-deepspeed", "iteration_overhead_s", 0.0, 0.2),
-    ("frameworks", "nemo", "iteration_overhead_s", 0.0, 2.0),
-    ("frameworks", "torchtitan", "iteration_overhead_s", 0.0, 2.0),
+    ("gpus", "H100-SXM5-80GB", "inter_node_efficiency", 0.5, 0.97),
+    ("gpus", "H100-96GB-HBM2e", "gemm_efficiency", 0.3, 0.95),
+    ("frameworks", "megatron-deepspeed", "layer_host_s", 0.0, 5e-3),
+    ("frameworks", "megatron-deepspeed", "microbatch_overhead_s", 0.0, 0.05),
+    ("frameworks", "megatron-deepspeed", "iteration_overhead_s", 0.0, 0.3),
+    ("frameworks", "megatron-deepspeed", "kernel_floor_s", 1e-6, 60e-6),
+    ("frameworks", "megatron-lm", "layer_host_s", 0.0, 5e-3),
+    ("frameworks", "nemo", "layer_host_s", 0.0, 5e-3),
+    ("frameworks", "torchtitan", "layer_host_s", 0.0, 5e-3),
+    ("frameworks", "torchtitan", "fused_elementwise", 0.5, 4.0),
+    ("frameworks", "torchtitan", "attention_kernel_scale", 0.3, 1.5),
 ]
 
 
@@ -80,7 +86,8 @@ def main() -> None:
     x0 = np.array([current_value(catalog, *p[:3]) for p in PARAMETERS])
     lower = np.array([p[3] for p in PARAMETERS])
     upper = np.array([p[4] for p in PARAMETERS])
-    scale = np.maximum(np.abs(x0), 1e-6)
+    x0 = np.where(x0 > lower, x0, lower + 0.05 * (upper - lower))   # start inside the bounds
+    scale = 0.1 * upper                                              # one unit of the solver ~ a tenth of the range
 
     def residuals(z):
         values = np.clip(z * scale, lower, upper)

@@ -95,9 +95,14 @@ def conventions_for(framework: str) -> MemoryConventions:
     return FRAMEWORK_MEMORY.get(framework, FRAMEWORK_MEMORY["other"])
 
 
-def default_flash_attention(framework: str) -> bool:
-    """megatron-deepspeed rows (vTrain, 2021-era code) store attention scores; every other engine uses flash."""
-    return conventions_for(framework).flash_attention
+def uses_flash_attention(job) -> bool:
+    """Whether the engine runs a fused (flash) attention kernel for this job. megatron-deepspeed rows (vTrain,
+    2021-era code) store attention scores. Megatron-family fp16 runs predate Transformer Engine (flash attention
+    reached Megatron with TE and bf16 in 2023; the 2021-22 papers used FusedScaleMaskSoftmax), so fp16 there
+    means unfused attention too. Every other engine uses flash."""
+    if not conventions_for(job.framework).flash_attention:
+        return False
+    return not (job.precision == "fp16" and job.framework in MEGATRON_FAMILY)
 
 
 def grad_reduce_bytes_per_param(framework: str) -> int:

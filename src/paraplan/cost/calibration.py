@@ -23,18 +23,22 @@ class Calibration:
     attention_seq_half: float = 512.0      # sequence length at which attention reaches half of that
     attention_backward_ratio: float = 2.5  # backward FLOPs over forward FLOPs for flash attention (5 matmuls vs 2)
     memory_efficiency: float = 0.80        # fraction of HBM bandwidth reached by element-wise kernels
-    kernel_floor_s: float = 6e-6           # minimum time of any kernel (launch + tail)
+    kernel_floor_s: float = 4e-6           # minimum GPU time of any kernel (launch latency + tail)
     # --- communication (per GPU type / fabric) ---
-    intra_node_efficiency: float = 0.80    # large-message bus bandwidth over NVLink, fraction of link spec
+    intra_node_efficiency: float = 0.78    # large-message bus bandwidth over NVLink, fraction of link spec (vTrain LUT:
+                                           # A100 8-GPU all-reduce 229-235 GB/s of 300; H100 ring 370 of 450 = 0.82)
     inter_node_efficiency: float = 0.85    # large-message bus bandwidth over the NICs, fraction of wire speed
-    comm_half_size_bytes: float = 8e6      # message size at which a collective reaches half its peak bandwidth
+    comm_half_size_bytes: float = 11e6     # message size at which a collective reaches half its peak bandwidth: vTrain's
+                                           # A100 LUT (20 GB/s @1 MB, 126 @16 MB, 202 @64 MB vs 235 peak) gives 10-14 MB
     collective_latency_s: float = 15e-6    # fixed cost of one collective within a node
     inter_node_latency_s: float = 30e-6    # extra fixed cost when the collective crosses nodes
     nvls_speedup: float = 1.25             # NVLink SHARP all-reduce over ring on NVSwitch systems (473 vs 370 GB/s)
     overlap_slowdown: float = 0.15         # compute slowdown while a collective runs beside it (Calculon: 15% NVLink)
     # --- software (per framework) ---
     fused_elementwise: float = 1.0         # 1 = every element-wise op is its own kernel; <1 = fraction left by fusion
-    layer_overhead_s: float = 0.0          # host/launch overhead per layer per micro-batch pass (forward or backward)
+    attention_kernel_scale: float = 1.0    # the framework's attention kernel vs the GPU's best (SDPA/FA2 vs cuDNN/FA3)
+    layer_host_s: float = 0.0              # CPU time to launch one layer's forward (eager frameworks); the GPU waits
+                                           # when its own work is shorter. Backward launches ~2x the kernels.
     microbatch_overhead_s: float = 0.0     # per micro-batch per pipeline stage (scheduling, p2p bookkeeping)
     iteration_overhead_s: float = 0.0      # per optimizer step (logging, loss reduce, grad-norm, clipping)
 
@@ -56,9 +60,12 @@ def calibration_for(gpu_name: str, framework: str, overrides: dict | None = None
     """Defaults <- `gpus.<gpu>` <- `frameworks.<framework>` <- `overrides` (e.g. a user's profile).
     `catalog` replaces calibration.yaml (the fitting script tries candidate constants this way)."""
     catalog = _catalog() if catalog is None else catalog
-    values: dict = {}
-    values.update(catalog.get("gpus", {}).get("default", {}))
-    values.update(catalog.get("gpus", {}).get(gpu_name, {}))
+    gpus = catalog.get("gpus", {})
+    values: dict = dict(gpus.get("default", {}))
+    entry = dict(gpus.get(gpu_name, {}))
+    if "inherit" in entry:          # a GPU measured too rarely to fit alone borrows its sibling's constants
+        values.update(gpus.get(entry.pop("inherit"), {}))
+    values.update(entry)
     values.update(catalog.get("frameworks", {}).get("default", {}))
     values.update(catalog.get("frameworks", {}).get(framework, {}))
     values.update(overrides or {})

@@ -2,7 +2,8 @@
 
 Each operator is a GEMM (shape-aware efficiency: tile and wave quantisation, short-K prologue), an attention kernel
 (flash: efficiency rising with sequence length; unfused: batched GEMMs plus s^2 softmax traffic) or a memory-bound
-element-wise kernel (bytes over HBM bandwidth). Every kernel costs at least `kernel_floor_s`.
+element-wise kernel (bytes over HBM bandwidth). Every kernel costs at least `kernel_floor_s`, and a layer at least
+the host time to launch it (eager frameworks are launch-bound on small layers).
 Sources: perf_models.md 3.2 (Narayanan 2021 FLOP counts, LLMCompass A100 GEMM shapes, FlashAttention-2/3).
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from paraplan.cost.calibration import Calibration
-from paraplan.frameworks import conventions_for
+from paraplan.frameworks import uses_flash_attention
 from paraplan.specs import GPUSpec, JobSpec, ModelSpec, Strategy
 
 
@@ -66,7 +67,7 @@ def mem_time(nbytes: float, gpu: GPUSpec, cal: Calibration) -> float:
 
 
 def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration, backward: bool) -> float:
-    eff = cal.attention_efficiency * seq / (seq + cal.attention_seq_half)
+    eff = cal.attention_efficiency * cal.attention_kernel_scale * seq / (seq + cal.attention_seq_half)
     if backward:
         flops *= cal.attention_backward_ratio
     return max(flops / (gpu.peak("bf16") * 1e12 * eff), cal.kernel_floor_s)
@@ -77,7 +78,7 @@ def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: boo
     """Forward operators of one layer for one micro-batch on one GPU (TP shards, CP shards the sequence).
     `flash_attention` None -> the framework's convention (paraplan.frameworks)."""
     if flash_attention is None:
-        flash_attention = conventions_for(job.framework).flash_attention
+        flash_attention = uses_flash_attention(job)
     b = micro_batch or strategy.micro_batch
     tp, cp = strategy.tp, strategy.cp
     s_q = job.seq_len // cp                 # queries held by this rank
@@ -155,8 +156,9 @@ def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bo
 def layer_compute(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
                   moe_layer: bool = False) -> LayerCompute:
     ops = layer_ops(model, job, strategy, moe_layer)
-    fwd = sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops) + cal.layer_overhead_s
-    bwd = sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops) + cal.layer_overhead_s
+    # the GPU runs behind the host's launches: a layer takes the longer of its kernels and the host launch time
+    fwd = max(sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s)
+    bwd = max(sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops), 2 * cal.layer_host_s)
     return LayerCompute(fwd, bwd, sum(op.flops for op in ops))
 
 
@@ -169,7 +171,7 @@ def recompute_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUS
     if strategy.recompute == "selective":
         ops = [op for op in ops if op.name in ("flash_attention", "attn_scores", "softmax", "attn_dropout", "attn_context")]
         return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops)
-    return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops) + cal.layer_overhead_s
+    return max(sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s)
 
 
 def embedding_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration) -> tuple[float, float]:

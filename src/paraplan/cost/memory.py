@@ -26,7 +26,7 @@ fp8: activations are counted in bf16 (TE keeps fp8 copies of some GEMM inputs, s
 """
 from __future__ import annotations
 
-from paraplan.frameworks import MEGATRON_FAMILY, MemoryConventions, conventions_for
+from paraplan.frameworks import MEGATRON_FAMILY, MemoryConventions, conventions_for, uses_flash_attention
 from paraplan.errors import ParaplanError
 from paraplan.specs.model import ModelSpec
 from paraplan.specs.plan import MemoryBreakdown
@@ -140,7 +140,7 @@ def activation_bytes_per_layer(model, job, strategy, micro_batch: int | None = N
                                flash_attention: bool | None = None, dropout: bool | None = None) -> float:
     """Stored activation bytes of one micro-batch for one transformer layer on one GPU, by recompute mode, tp,
     sp, cp and attention kernel (flash_attention None -> the framework default, frameworks.py)."""
-    flash = conventions_for(job.framework).flash_attention if flash_attention is None else flash_attention
+    flash = uses_flash_attention(job) if flash_attention is None else flash_attention
     stored, _ = _per_token(model, job, strategy, moe_layer, flash, _dropout(model, job.framework, dropout))
     return stored * _tokens(job, strategy, micro_batch)
 
@@ -148,7 +148,7 @@ def activation_bytes_per_layer(model, job, strategy, micro_batch: int | None = N
 def recompute_working_set_bytes(model, job, strategy, micro_batch: int | None = None, moe_layer: bool = False,
                                 flash_attention: bool | None = None, dropout: bool | None = None) -> float:
     """Transient bytes recomputed for one layer during its backward (0 without recompute)."""
-    flash = conventions_for(job.framework).flash_attention if flash_attention is None else flash_attention
+    flash = uses_flash_attention(job) if flash_attention is None else flash_attention
     _, work = _per_token(model, job, strategy, moe_layer, flash, _dropout(model, job.framework, dropout))
     return work * _tokens(job, strategy, micro_batch)
 
@@ -156,13 +156,14 @@ def recompute_working_set_bytes(model, job, strategy, micro_batch: int | None = 
 # ---- pipeline layout -----------------------------------------------------------------------------------------
 def stage_layers(model, strategy) -> list[list[int]]:
     """Layer indices of each pipeline chunk, rank-major: entry r*vpp + c holds virtual stage r + c*pp (so with
-    vpp = 1 entry r is pipeline rank r). strategy.layers_per_stage gives an uneven split (vpp = 1 only)."""
+    vpp = 1 entry r is pipeline rank r). strategy.layers_per_stage gives an uneven split (one count per virtual
+    stage, in pipeline order)."""
     pp, vpp, n = strategy.pp, strategy.vpp, model.layers
     if strategy.layers_per_stage is not None:
-        counts = list(strategy.layers_per_stage)
-        if vpp != 1 or len(counts) != pp or sum(counts) != n or min(counts) < 1:
-            raise ParaplanError(f"layers_per_stage {tuple(counts)} must have pp={pp} positive entries summing to "
-                                f"{n} (and vpp = 1)")
+        counts = list(strategy.layers_per_stage)     # one entry per virtual stage, in pipeline order
+        if len(counts) != pp * vpp or sum(counts) != n or min(counts) < 1:
+            raise ParaplanError(f"layers_per_stage {tuple(counts)} must have pp*vpp={pp * vpp} positive entries "
+                                f"summing to {n}")
     else:
         stages = pp * vpp
         if n < stages:
@@ -262,7 +263,7 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
     """MemoryBreakdown of every pipeline rank. inflight_microbatches[r]: peak micro-batch-chunks in flight on
     rank r (pipeline simulator); None -> closed_form_inflight."""
     s, conv = strategy, conventions_for(job.framework)
-    flash = conv.flash_attention if flash_attention is None else flash_attention
+    flash = uses_flash_attention(job) if flash_attention is None else flash_attention
     drop = _dropout(model, job.framework, None)
     inflight = list(inflight_microbatches) if inflight_microbatches is not None else closed_form_inflight(job, s)
     if len(inflight) != s.pp:

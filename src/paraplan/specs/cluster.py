@@ -12,7 +12,7 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 class GPUSpec:
     """One catalog entry. Peak numbers are dense (no 2:4 sparsity) tensor-core TFLOP/s, from the vendor datasheet."""
     name: str
-    peak_tflops: dict[str, float]     # precision -> dense TFLOP/s
+    peak_tflops: dict[str, float] = field(hash=False)  # precision -> dense TFLOP/s
     hbm_gib: float                    # usable capacity as marketed (GB), converted to GiB by the loader
     hbm_gbps: float                   # HBM bandwidth, GB/s
     sm_count: int = 108
@@ -101,4 +101,5 @@ class ClusterSpec:
         g = self.primary
         nodes = max(1, -(-num_gpus // g.gpus_per_node))
         per_node = min(g.gpus_per_node, num_gpus)
-        return ClusterSpec(self.name, (NodeGroup(g.gpu, nodes, per_node, g.intra_node, g.inter_node),), self.source)
+        return ClusterSpec(self.name, (NodeGroup(g.gpu, nodes, per_node, g.intra_node, g.inter_node),), self.source,
+                           dict(self.extra))

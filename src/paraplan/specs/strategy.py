@@ -32,7 +32,7 @@ class Strategy:
     overlap_grad_reduce: bool = True   # DP gradient reduce bucketed behind backward
     overlap_param_gather: bool = True  # ZeRO-3 / distributed-optimizer parameter gathers behind compute
     tp_comm_overlap: bool = False      # Megatron/TE userbuffers overlap of TP collectives with GEMMs
-    layers_per_stage: tuple[int, ...] | None = None  # uneven pipeline split (pp entries); None = even
+    layers_per_stage: tuple[int, ...] | None = None  # uneven split: layers per virtual stage (pp*vpp entries)
 
     def __post_init__(self):
         for name in ("dp", "tp", "pp", "cp", "ep", "vpp", "micro_batch"):
@@ -123,12 +123,16 @@ def rule_ffn_divisible_by_tp(s, model, cluster, job):
 
 
 def rule_layers_split(s, model, cluster, job):
+    stages = s.pp * s.vpp
     if s.layers_per_stage is not None:
-        if len(s.layers_per_stage) != s.pp or sum(s.layers_per_stage) != model.layers or min(s.layers_per_stage) < 1:
-            return f"layers_per_stage {s.layers_per_stage} must have pp={s.pp} positive entries summing to {model.layers}"
+        counts = s.layers_per_stage
+        if len(counts) != stages or sum(counts) != model.layers or min(counts) < 1:
+            return (f"layers_per_stage {counts} must have pp*vpp={stages} positive entries summing to "
+                    f"{model.layers}")
         return None
-    if model.layers % (s.pp * s.vpp):
-        return f"layers ({model.layers}) must be divisible by pp*vpp ({s.pp}*{s.vpp})"
+    if model.layers % stages:
+        return (f"layers ({model.layers}) must be divisible by pp*vpp ({s.pp}*{s.vpp}), or give an uneven split "
+                f"with layers_per_stage")
 
 
 def rule_batch_divisible(s, model, cluster, job):
@@ -137,11 +141,8 @@ def rule_batch_divisible(s, model, cluster, job):
 
 
 def rule_interleaving(s, model, cluster, job):
-    if s.vpp > 1:
-        if s.pp < 2:
-            return "interleaved schedule (vpp > 1) needs pp >= 2"
-        if s.layers_per_stage is not None:
-            return "interleaved schedule (vpp > 1) needs an even layer split"
+    if s.vpp > 1 and s.pp < 2:
+        return "interleaved schedule (vpp > 1) needs pp >= 2"
 
 
 def rule_sequence_divisible(s, model, cluster, job):

@@ -84,6 +84,22 @@ def _bool(row: dict, key: str) -> bool | None:
     raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be true or false")
 
 
+def megatron_uneven_split(layers: int, stages: int) -> tuple[int, ...]:
+    """Layers per virtual stage when they do not divide evenly: Megatron's account-for-embedding/loss option counts
+    the embedding and the loss as one layer each on the first and last stage (e.g. Llama-3 405B, 126 layers on
+    8 stages: 15, 16 x 6, 15); what still does not divide goes to the middle stages."""
+    counts = [0] * stages
+    total = layers + 2
+    base, extra = divmod(total, stages)
+    for i in range(stages):
+        counts[i] = base + (1 if 0 < i <= extra else 0)
+    counts[0] -= 1
+    counts[-1] -= 1
+    while sum(counts) > layers:            # stages == 1 or more stages than the middle can absorb
+        counts[counts.index(max(counts))] -= 1
+    return tuple(counts)
+
+
 def case_from_row(row: dict) -> RunCase:
     rid = row.get("id") or "?"
     assumed: list[str] = []
@@ -99,10 +115,15 @@ def case_from_row(row: dict) -> RunCase:
     moe = None
     if num_experts and num_experts > 1:
         moe = MoESpec(num_experts=_int(row, "num_experts"), top_k=_int(row, "top_k"),
-                      expert_ffn=_int(row, "expert_ffn", _int(row, "ffn")))
+                      expert_ffn=_int(row, "expert_ffn") if (row.get("expert_ffn") or "").strip() else _int(row, "ffn"))
+    if moe and not (row.get("ffn") or "").strip():
+        ffn = moe.expert_ffn                 # every layer is MoE: the dense size is only a placeholder
+        assumed.append("all layers MoE (ffn empty)")
+    else:
+        ffn = _int(row, "ffn")
     model = ModelSpec(name=row.get("model") or rid, layers=_int(row, "layers"), hidden=_int(row, "hidden"),
                       heads=_int(row, "heads"), kv_heads=_int(row, "kv_heads", _int(row, "heads")),
-                      ffn=_int(row, "ffn"), vocab=_int(row, "vocab"), gated_mlp=gated, moe=moe,
+                      ffn=ffn, vocab=_int(row, "vocab"), gated_mlp=gated, moe=moe,
                       norm="rmsnorm" if gated else "layernorm", linear_bias=not gated,
                       max_position=_int(row, "seq_len"))
     precision = (row.get("precision") or "").strip()
@@ -133,6 +154,10 @@ def case_from_row(row: dict) -> RunCase:
     else:
         zero = defaults["zero"]
         assumed.append(f"zero={zero} ({framework} default)")
+    stages = values["pp"] * values["vpp"]
+    if model.layers % stages and model.layers >= stages:
+        values["layers_per_stage"] = megatron_uneven_split(model.layers, stages)
+        assumed.append(f"uneven pipeline split {values['layers_per_stage']} (embedding and loss counted as layers)")
     strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
                         overlap_grad_reduce=defaults["overlap_grad_reduce"],
                         overlap_param_gather=defaults["overlap_param_gather"])

@@ -1,0 +1,753 @@
+"""Turn names and files into specs: GPUs, models and clusters from the packaged catalog or from user files.
+
+Public API
+    load_gpu(name) -> GPUSpec                 catalog name or alias, case-insensitive ('_'/' ' count as '-')
+    load_model(spec) -> ModelSpec             preset name | Hugging Face config.json (file or checkpoint folder)
+                                              | YAML/JSON file of ModelSpec fields
+    model_from_hf_config(cfg, name) -> ModelSpec
+    model_from_dict(data, where) -> ModelSpec
+    load_cluster(spec, num_gpus=None) -> ClusterSpec   preset | "PRESET:GPUS" | YAML/JSON file
+    cluster_from_links(gpu, num_gpus, gpus_per_node, intra_gbps, inter_gbps_bits) -> ClusterSpec
+    cluster_from_dict(data, where, num_gpus=None) -> ClusterSpec
+    list_gpus(), list_models(), list_clusters() -> list[str]
+
+Every problem with the input raises ParaplanError with a one-line message naming the file/preset and the field.
+
+Model file format (YAML or JSON): the ModelSpec fields, e.g.
+    name: my-model            # optional, default: the file name
+    base: llama3-8b           # optional: start from a preset, the keys below override it
+    layers: 32                # required (unless base): layers, hidden, heads, ffn, vocab
+    hidden: 4096
+    heads: 32
+    kv_heads: 8               # optional (default heads)
+    head_dim: 128             # optional (default hidden // heads)
+    ffn: 14336                # dense MLP inner size, per branch when gated
+    vocab: 128256
+    gated_mlp: true           # optional booleans: gated_mlp, tied_embeddings, linear_bias
+    norm: rmsnorm             # layernorm | rmsnorm
+    max_position: 8192
+    moe: {num_experts: 8, top_k: 2, expert_ffn: 14336, shared_experts: 0, first_dense_layers: 0, moe_layer_freq: 1}
+    mla: {q_lora_rank: 1536, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128}
+    source: "where the numbers come from"
+A file holding `model_type` (or `text_config`, or `architectures`) is read as a Hugging Face config.json.
+
+Cluster file format (YAML or JSON); bandwidths are GB/s per GPU per direction (bandwidth_gbit: Gb/s instead):
+  (a) one node type, like the presets in paraplan/catalog/clusters/:
+    name: my-cluster
+    base: dgx-h100            # optional: start from a preset, the keys below override it
+    gpu: H100-SXM5-80GB       # catalog name or alias
+    gpus_per_node: 8
+    nodes: 4                  # or num_gpus: 32, or default_nodes (presets); default 1 node
+    intra_node: {name: nvlink4, bandwidth_gbps: 450, latency_us: 3, nvls: true}
+    inter_node: {name: ib-ndr, bandwidth_gbps: 50, latency_us: 8}
+    source: "..."
+  (b) heterogeneous: a list of node groups (each like (a), `preset:` fills in gpu, gpus_per_node and links)
+    name: mixed
+    node_groups:
+      - {preset: dgx-h100, num_nodes: 2}
+      - gpu: RTX-4090
+        num_nodes: 4
+        gpus_per_node: 8
+        intra_node: {name: pcie4, bandwidth_gbps: 25, latency_us: 5}
+        inter_node: {name: roce-100, bandwidth_gbps: 12.5, latency_us: 10}
+See examples/cluster_example.yaml.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from paraplan.errors import ParaplanError
+from paraplan.specs.cluster import ClusterSpec, GPUSpec, LinkSpec, NodeGroup
+from paraplan.specs.model import MLASpec, ModelSpec, MoESpec
+
+__all__ = ["load_gpu", "list_gpus", "load_model", "list_models", "model_from_hf_config", "model_from_dict",
+           "load_cluster", "list_clusters", "cluster_from_links", "cluster_from_dict"]
+
+_GB_TO_GIB = 1e9 / 2**30
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+def _key(name: str) -> str:
+    """Normalised lookup key: lower case, '_' and whitespace as '-'."""
+    return re.sub(r"[\s_]+", "-", str(name).strip().lower())
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _catalog():
+    return resources.files("paraplan") / "catalog"
+
+
+def _read_catalog_yaml(resource) -> Any:
+    try:
+        return yaml.safe_load(resource.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:  # a broken package, not a user error, but keep the one-line contract
+        raise ParaplanError(f"catalog file {resource.name}: malformed YAML: {_one_line(e)}") from None
+
+
+def _read_mapping(path: Path, what: str) -> dict:
+    """Read a JSON or YAML file holding one mapping."""
+    if not path.exists():
+        raise ParaplanError(f"{what} file '{path}' not found")
+    if path.is_dir():
+        raise ParaplanError(f"{what} file '{path}' is a directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParaplanError(f"{what} file '{path}' cannot be read: {_one_line(e)}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ParaplanError(f"{what} file '{path}': malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    else:
+        try:
+            data = yaml.safe_load(text)  # YAML is a superset of JSON
+        except yaml.YAMLError as e:
+            raise ParaplanError(f"{what} file '{path}': malformed YAML: {_one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise ParaplanError(f"{what} file '{path}' must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _looks_like_path(spec: str, preset_index: dict) -> bool:
+    """A path when it has a folder separator or a file suffix; else a preset if one has that name; else if it exists."""
+    if any(sep in spec for sep in ("/", "\\")) or spec.lower().endswith((".json", ".yaml", ".yml")):
+        return True
+    return _key(spec.split(":")[0]) not in preset_index and Path(spec).exists()
+
+
+def _int(value: Any, field: str, where: str, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ParaplanError(f"{where}: field '{field}' must be {need}, got {value!r}")
+    return value
+
+
+def _float(value: Any, field: str, where: str, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0) or value < 0:
+        need = "a positive number" if positive else "a number >= 0"
+        raise ParaplanError(f"{where}: field '{field}' must be {need}, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, field: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ParaplanError(f"{where}: field '{field}' must be true or false, got {value!r}")
+    return value
+
+
+def _str(value: Any, field: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ParaplanError(f"{where}: field '{field}' must be a string, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, field: str, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ParaplanError(f"{where}: field '{field}' must be a mapping, got {value!r}")
+    return value
+
+
+def _check_keys(data: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        raise ParaplanError(f"{where}: unknown field '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+
+
+def _unknown(kind: str, name: str, known: list[str], hint: str = "") -> ParaplanError:
+    return ParaplanError(f"unknown {kind} '{name}'; known: {', '.join(known)}{hint}")
+
+
+# ---- GPUs ------------------------------------------------------------------------------------------------------
+_GPU_FIELDS = {"name", "aliases", "vendor", "peak_tflops", "hbm_gb", "hbm_gbps", "sm_count", "sources"}
+_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
+
+
+@functools.cache
+def _gpu_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
+    """(canonical names in catalog order, lookup key -> entry)."""
+    entries = _read_catalog_yaml(_catalog() / "gpus.yaml")
+    if not isinstance(entries, list):
+        raise ParaplanError("catalog file gpus.yaml must hold a list of GPUs")
+    names, index = [], {}
+    for entry in entries:
+        where = f"GPU catalog entry {entry.get('name', '?')!r}" if isinstance(entry, dict) else "GPU catalog"
+        _mapping(entry, "entry", where)
+        _check_keys(entry, _GPU_FIELDS, where)
+        name = _str(entry.get("name"), "name", where)
+        names.append(name)
+        for key in [name, *entry.get("aliases", [])]:
+            k = _key(key)
+            if k in index:
+                raise ParaplanError(f"GPU catalog: name or alias '{key}' is used twice")
+            index[k] = entry
+    return tuple(names), index
+
+
+def _gpu_from_entry(entry: dict) -> GPUSpec:
+    where = f"GPU catalog entry '{entry['name']}'"
+    peaks = _mapping(entry.get("peak_tflops"), "peak_tflops", where)
+    for prec, value in peaks.items():
+        if prec not in _PRECISIONS:
+            raise ParaplanError(f"{where}: unknown precision '{prec}' in peak_tflops; allowed: {', '.join(_PRECISIONS)}")
+        _float(value, f"peak_tflops.{prec}", where)
+    sources = entry.get("sources") or []
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise ParaplanError(f"{where}: field 'sources' must be a list of strings")
+    return GPUSpec(
+        name=entry["name"],
+        peak_tflops={p: float(v) for p, v in peaks.items()},
+        hbm_gib=_float(entry.get("hbm_gb"), "hbm_gb", where) * _GB_TO_GIB,
+        hbm_gbps=_float(entry.get("hbm_gbps"), "hbm_gbps", where),
+        sm_count=_int(entry.get("sm_count", 108), "sm_count", where),
+        vendor=_str(entry.get("vendor", "nvidia"), "vendor", where),
+        sources=tuple(sources),
+    )
+
+
+def list_gpus() -> list[str]:
+    """Canonical GPU names in the catalog."""
+    return list(_gpu_catalog()[0])
+
+
+def load_gpu(name: str) -> GPUSpec:
+    """A catalog GPU by name or alias (case-insensitive)."""
+    names, index = _gpu_catalog()
+    entry = index.get(_key(name)) if isinstance(name, str) else None
+    if entry is None:
+        raise _unknown("GPU", str(name), list(names))
+    return _gpu_from_entry(entry)
+
+
+# ---- models: ModelSpec fields ----------------------------------------------------------------------------------
+_MODEL_INT = ("layers", "hidden", "heads", "ffn", "vocab")
+_MODEL_OPT_INT = ("kv_heads", "head_dim", "max_position")
+_MODEL_BOOL = ("gated_mlp", "tied_embeddings", "linear_bias")
+_MODEL_FIELDS = {"name", "base", "source", "norm", "moe", "mla", "extra", *_MODEL_INT, *_MODEL_OPT_INT, *_MODEL_BOOL}
+_MOE_FIELDS = {"num_experts", "top_k", "expert_ffn", "shared_experts", "shared_expert_ffn", "first_dense_layers",
+               "moe_layer_freq"}
+_MLA_FIELDS = {"q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"}
+
+
+def _moe_from_dict(d: Any, where: str) -> MoESpec:
+    d = _mapping(d, "moe", where)
+    _check_keys(d, _MOE_FIELDS, f"{where} (moe)")
+    for req in ("num_experts", "top_k", "expert_ffn"):
+        if req not in d:
+            raise ParaplanError(f"{where}: field 'moe.{req}' is missing")
+    try:
+        return MoESpec(
+            num_experts=_int(d["num_experts"], "moe.num_experts", where),
+            top_k=_int(d["top_k"], "moe.top_k", where),
+            expert_ffn=_int(d["expert_ffn"], "moe.expert_ffn", where),
+            shared_experts=_int(d.get("shared_experts", 0), "moe.shared_experts", where, minimum=0),
+            shared_expert_ffn=_int(d.get("shared_expert_ffn"), "moe.shared_expert_ffn", where, allow_none=True),
+            first_dense_layers=_int(d.get("first_dense_layers", 0), "moe.first_dense_layers", where, minimum=0),
+            moe_layer_freq=_int(d.get("moe_layer_freq", 1), "moe.moe_layer_freq", where),
+        )
+    except ParaplanError as e:
+        if str(e).startswith(where):
+            raise
+        raise ParaplanError(f"{where}: {e}") from None
+
+
+def _mla_from_dict(d: Any, where: str) -> MLASpec:
+    d = _mapping(d, "mla", where)
+    _check_keys(d, _MLA_FIELDS, f"{where} (mla)")
+    for req in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        if req not in d:
+            raise ParaplanError(f"{where}: field 'mla.{req}' is missing")
+    return MLASpec(
+        q_lora_rank=_int(d.get("q_lora_rank"), "mla.q_lora_rank", where, allow_none=True),
+        kv_lora_rank=_int(d["kv_lora_rank"], "mla.kv_lora_rank", where),
+        qk_nope_head_dim=_int(d["qk_nope_head_dim"], "mla.qk_nope_head_dim", where),
+        qk_rope_head_dim=_int(d["qk_rope_head_dim"], "mla.qk_rope_head_dim", where),
+        v_head_dim=_int(d["v_head_dim"], "mla.v_head_dim", where),
+    )
+
+
+def model_from_dict(data: dict, where: str = "model", default_name: str = "model") -> ModelSpec:
+    """A ModelSpec from a mapping of its fields (optional `moe:`/`mla:` mappings, optional `base:` preset)."""
+    data = dict(_mapping(data, "model", where))
+    _check_keys(data, _MODEL_FIELDS, where)
+    if "base" in data:
+        base_name = _str(data.pop("base"), "base", where)
+        merged = dict(_model_preset_entry(base_name))
+        merged.pop("aliases", None)
+        merged.pop("name", None)
+        merged["extra"] = dict(merged.get("extra") or {})
+        merged.update(data)
+        data = merged
+    for req in _MODEL_INT:
+        if req not in data:
+            raise ParaplanError(f"{where}: required field '{req}' is missing (required: {', '.join(_MODEL_INT)})")
+    kwargs: dict[str, Any] = {"name": _str(data.get("name", default_name), "name", where)}
+    for f in _MODEL_INT:
+        kwargs[f] = _int(data[f], f, where)
+    for f in _MODEL_OPT_INT:
+        if data.get(f) is not None:
+            kwargs[f] = _int(data[f], f, where)
+    for f in _MODEL_BOOL:
+        if f in data:
+            kwargs[f] = _bool(data[f], f, where)
+    if "norm" in data:
+        norm = _str(data["norm"], "norm", where)
+        if norm not in ("layernorm", "rmsnorm"):
+            raise ParaplanError(f"{where}: field 'norm' must be 'layernorm' or 'rmsnorm', got {norm!r}")
+        kwargs["norm"] = norm
+    if data.get("moe") is not None:
+        kwargs["moe"] = _moe_from_dict(data["moe"], where)
+    if data.get("mla") is not None:
+        kwargs["mla"] = _mla_from_dict(data["mla"], where)
+    if "source" in data:
+        kwargs["source"] = _str(data["source"], "source", where)
+    if data.get("extra") is not None:
+        kwargs["extra"] = dict(_mapping(data["extra"], "extra", where))
+    try:
+        return ModelSpec(**kwargs)
+    except ParaplanError as e:
+        raise ParaplanError(f"{where}: {e}") from None
+
+
+# ---- models: presets -------------------------------------------------------------------------------------------
+@functools.cache
+def _model_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
+    root = _catalog()
+    entries: list = []
+    files = [root / "models.yaml"] if (root / "models.yaml").is_file() else []
+    models_dir = root / "models"
+    if models_dir.is_dir():
+        files += sorted((r for r in models_dir.iterdir() if r.name.endswith((".yaml", ".yml"))), key=lambda r: r.name)
+    for res in files:
+        data = _read_catalog_yaml(res)
+        if not isinstance(data, list):
+            raise ParaplanError(f"catalog file {res.name} must hold a list of models")
+        entries += data
+    names, index = [], {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ParaplanError(f"model catalog: every entry needs a 'name', got {entry!r:.80}")
+        names.append(entry["name"])
+        for key in [entry["name"], *entry.get("aliases", [])]:
+            k = _key(key)
+            if k in index:
+                raise ParaplanError(f"model catalog: name or alias '{key}' is used twice")
+            index[k] = entry
+    return tuple(names), index
+
+
+def _model_preset_entry(name: str) -> dict:
+    names, index = _model_catalog()
+    entry = index.get(_key(name))
+    if entry is None:
+        raise _unknown("model", name, list(names), "; or give a path to a config.json or a YAML/JSON model file")
+    return entry
+
+
+def list_models() -> list[str]:
+    """Preset model names (aliases not included)."""
+    return list(_model_catalog()[0])
+
+
+@functools.cache
+def _load_preset(canonical: str) -> ModelSpec:
+    entry = dict(_model_preset_entry(canonical))
+    entry.pop("aliases", None)
+    return model_from_dict(entry, where=f"model preset '{canonical}'")
+
+
+def _is_hf_config(data: dict) -> bool:
+    return any(k in data for k in ("model_type", "text_config", "architectures"))
+
+
+def load_model(spec: str) -> ModelSpec:
+    """A preset name, a Hugging Face config.json (or a checkpoint folder holding one), or a YAML/JSON ModelSpec file."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ParaplanError(f"model must be a preset name or a file path, got {spec!r}")
+    if not _looks_like_path(spec, _model_catalog()[1]):
+        entry = _model_preset_entry(spec)
+        return _load_preset(entry["name"])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ParaplanError(f"model folder '{path}' has no config.json")
+        path = path / "config.json"
+    data = _read_mapping(path, "model")
+    if set(data) == {"model"} and isinstance(data["model"], dict):
+        data = data["model"]
+    default_name = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+    if _is_hf_config(data):
+        return model_from_hf_config(data, name=default_name or "hf-model", where=f"model file '{path}'")
+    return model_from_dict(data, where=f"model file '{path}'", default_name=default_name)
+
+
+# ---- models: Hugging Face config.json --------------------------------------------------------------------------
+# model_type -> family. The family fixes the MLP structure, norm, bias and the tie_word_embeddings default.
+_HF_FAMILY = {
+    "llama": "llama", "mistral": "llama", "mixtral": "mixtral", "qwen2": "qwen2", "qwen3": "llama",
+    "qwen2_moe": "qwen_moe", "qwen3_moe": "qwen_moe", "deepseek_v2": "deepseek", "deepseek_v3": "deepseek",
+    "gpt2": "gpt2", "gpt_neox": "gpt_neox", "nemotron": "nemotron",
+    # text models inside multimodal wrappers
+    "mllama_text_model": "llama", "qwen2_vl": "qwen2", "qwen2_vl_text": "qwen2", "qwen2_5_vl": "qwen2",
+    "qwen2_5_vl_text": "qwen2",
+}
+# text_config without a model_type: what the wrapper class defaults to
+_HF_WRAPPER_TEXT_DEFAULT = {"llava": "llama", "llava_next": "llama", "llava_onevision": "qwen2",
+                            "mllama": "mllama_text_model", "qwen2_vl": "qwen2_vl_text", "qwen2_5_vl": "qwen2_5_vl_text"}
+# Class defaults of transformers' LlamaConfig / MistralConfig [mem]. Applied only to a multimodal `text_config`, which
+# older transformers wrote as a diff against these defaults (llava-1.5 configs hold little more than vocab_size).
+_HF_TEXT_CONFIG_DEFAULTS = {
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "max_position_embeddings": 2048},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32},
+}
+_GATED_FAMILIES = {"llama", "mixtral", "qwen2", "qwen_moe", "deepseek"}   # gate/up/down MLP (SwiGLU) always
+_TIE_DEFAULT = {"gpt2": True}                                             # others: False in their config classes
+_NOT_SET = object()
+
+
+def _hf_get(cfg: dict, *keys: str, default: Any = _NOT_SET, where: str = "config") -> Any:
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    if default is _NOT_SET:
+        raise ParaplanError(f"{where}: field '{keys[0]}' is missing" + (f" (also tried {', '.join(keys[1:])})" if keys[1:] else ""))
+    return default
+
+
+def _fit_layer_pattern(layers: int, moe_layers: list[int], where: str) -> tuple[int, int] | None:
+    """(first_dense_layers, moe_layer_freq) reproducing the set of MoE layer indices, None if there are none."""
+    if not moe_layers:
+        return None
+    first = moe_layers[0]
+    freq = moe_layers[1] - first if len(moe_layers) > 1 else layers
+    if list(range(first, layers, freq)) != moe_layers:
+        raise ParaplanError(f"{where}: MoE layer pattern {moe_layers} is not 'k dense layers then every n-th'; "
+                            "ModelSpec cannot represent it")
+    return first, freq
+
+
+def model_from_hf_config(cfg: dict, name: str = "hf-model", where: str | None = None) -> ModelSpec:
+    """A ModelSpec from a Hugging Face `config.json` mapping (multimodal configs: their `text_config`)."""
+    where = where or f"HF config '{name}'"
+    try:
+        return _model_from_hf_config(cfg, name, where)
+    except ParaplanError as e:
+        if str(e).startswith(where):
+            raise
+        raise ParaplanError(f"{where}: {e}") from None
+
+
+def _model_from_hf_config(cfg: dict, name: str, where: str) -> ModelSpec:
+    cfg = _mapping(cfg, "config", where)
+    outer_type = cfg.get("model_type")
+    extra: dict[str, Any] = {}
+    if isinstance(cfg.get("text_config"), dict):
+        text = dict(cfg["text_config"])
+        text.setdefault("model_type", _HF_WRAPPER_TEXT_DEFAULT.get(outer_type, outer_type))
+        defaults = _HF_TEXT_CONFIG_DEFAULTS.get(text["model_type"], {})
+        if any(k not in text for k in defaults):
+            extra["text_config_defaults_used"] = sorted(k for k in defaults if k not in text)
+            text = {**defaults, **text}
+        if "tie_word_embeddings" not in text and "tie_word_embeddings" in cfg:
+            text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
+        extra["multimodal_wrapper"] = outer_type
+        extra["vision_params_counted"] = False
+        cfg = text
+        where = f"{where} (text_config)"
+    model_type = cfg.get("model_type")
+    family = _HF_FAMILY.get(model_type)
+    if family is None:
+        supported = sorted(k for k in _HF_FAMILY)
+        raise ParaplanError(f"{where}: unsupported model_type {model_type!r}; supported: {', '.join(supported)} "
+                            "(and multimodal configs with a text_config of these)")
+    extra["hf_model_type"] = model_type
+
+    def get(*keys, default=_NOT_SET):
+        return _hf_get(cfg, *keys, default=default, where=where)
+
+    def geti(*keys, default=_NOT_SET, minimum=1):
+        value = get(*keys, default=default)
+        return value if value is None else _int(value, keys[0], where, minimum=minimum)
+
+    layers = geti("num_hidden_layers", "n_layer")
+    hidden = geti("hidden_size", "n_embd", "d_model")
+    heads = geti("num_attention_heads", "n_head")
+    vocab = geti("vocab_size")
+    kv_heads = geti("num_key_value_heads", default=heads)
+    head_dim = geti("head_dim", default=None)
+    if family == "gpt2":
+        ffn = geti("n_inner", default=4 * hidden)
+    else:
+        ffn = geti("intermediate_size", "n_inner")
+    max_position = geti("max_position_embeddings", "n_positions", "n_ctx", default=4096)
+    tied = get("tie_word_embeddings", default=_TIE_DEFAULT.get(family, False))
+    if not isinstance(tied, bool):
+        raise ParaplanError(f"{where}: field 'tie_word_embeddings' must be true or false, got {tied!r}")
+    act = get("hidden_act", "activation_function", default=None)
+    if act is not None:
+        extra["hidden_act"] = act
+
+    norm = "layernorm" if family in ("gpt2", "gpt_neox", "nemotron") else "rmsnorm"
+    gated = family in _GATED_FAMILIES
+    if family == "gpt2":
+        bias = True
+    elif family == "gpt_neox":
+        bias = bool(get("attention_bias", default=True))          # NeoX MLP always has biases
+    elif family in ("qwen2", "qwen_moe"):
+        bias = False      # Qwen2: bias on q/k/v only (~0.01% of parameters); ModelSpec has one switch
+        if family == "qwen2":
+            extra["qkv_bias"] = True
+    else:
+        bias = bool(get("attention_bias", default=False) or get("mlp_bias", default=False))
+
+    moe = mla = None
+    if family == "mixtral":
+        n_exp = geti("num_local_experts", "num_experts")
+        moe = MoESpec(num_experts=n_exp, top_k=geti("num_experts_per_tok"), expert_ffn=ffn)
+    elif family == "qwen_moe":
+        n_exp = geti("num_experts", "num_local_experts", default=0, minimum=0)
+        if n_exp:
+            step = geti("decoder_sparse_step", default=1)
+            only = get("mlp_only_layers", default=[])
+            if not isinstance(only, list):
+                raise ParaplanError(f"{where}: field 'mlp_only_layers' must be a list of layer indices")
+            moe_layers = [i for i in range(layers) if i not in only and (i + 1) % step == 0]
+            pattern = _fit_layer_pattern(layers, moe_layers, where)
+            shared_ffn = geti("shared_expert_intermediate_size", default=0, minimum=0)
+            if pattern:
+                moe = MoESpec(num_experts=n_exp, top_k=geti("num_experts_per_tok"),
+                              expert_ffn=geti("moe_intermediate_size"),
+                              shared_experts=1 if shared_ffn else 0, shared_expert_ffn=shared_ffn or None,
+                              first_dense_layers=pattern[0], moe_layer_freq=pattern[1])
+    elif family == "deepseek":
+        n_exp = geti("n_routed_experts", "num_local_experts", default=None)
+        if n_exp:
+            first_k = geti("first_k_dense_replace", default=0, minimum=0)
+            freq = geti("moe_layer_freq", default=1)
+            moe_layers = [i for i in range(layers) if i >= first_k and i % freq == 0]
+            pattern = _fit_layer_pattern(layers, moe_layers, where)
+            n_shared = geti("n_shared_experts", default=0, minimum=0)
+            expert_ffn = geti("moe_intermediate_size")
+            if pattern:
+                moe = MoESpec(num_experts=n_exp, top_k=geti("num_experts_per_tok"), expert_ffn=expert_ffn,
+                              shared_experts=n_shared, shared_expert_ffn=expert_ffn if n_shared else None,
+                              first_dense_layers=pattern[0], moe_layer_freq=pattern[1])
+        if cfg.get("kv_lora_rank") is not None:
+            mla = MLASpec(q_lora_rank=geti("q_lora_rank", default=None),
+                          kv_lora_rank=geti("kv_lora_rank"), qk_nope_head_dim=geti("qk_nope_head_dim"),
+                          qk_rope_head_dim=geti("qk_rope_head_dim"), v_head_dim=geti("v_head_dim"))
+        if cfg.get("num_nextn_predict_layers"):
+            extra["mtp_layers"] = cfg["num_nextn_predict_layers"]
+    if isinstance(cfg.get("cross_attention_layers"), list):   # mllama: counted as ordinary decoder layers
+        extra["cross_attention_layers"] = len(cfg["cross_attention_layers"])
+    for k in ("sliding_window", "rope_theta", "partial_rotary_factor", "rotary_pct"):
+        if cfg.get(k) is not None:
+            extra[k] = cfg[k]
+    return ModelSpec(name=name, layers=layers, hidden=hidden, heads=heads, ffn=ffn, vocab=vocab,
+                     kv_heads=kv_heads, head_dim=head_dim, gated_mlp=gated, tied_embeddings=tied, moe=moe,
+                     mla=mla, max_position=max_position, norm=norm, linear_bias=bias,
+                     source=f"Hugging Face config.json (model_type {model_type})", extra=extra)
+
+
+# ---- clusters --------------------------------------------------------------------------------------------------
+_LINK_FIELDS = {"name", "bandwidth_gbps", "bandwidth_gbit", "latency_us", "nvls"}
+_NODE_FIELDS = {"name", "base", "preset", "gpu", "gpus_per_node", "nodes", "num_nodes", "num_gpus", "default_nodes",
+                "intra_node", "inter_node", "source", "node_groups"}
+_DEFAULT_LATENCY = {"intra_node": 3.0, "inter_node": 8.0}
+
+
+@functools.cache
+def _cluster_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
+    folder = _catalog() / "clusters"
+    names, index = [], {}
+    for res in sorted((r for r in folder.iterdir() if r.name.endswith((".yaml", ".yml"))), key=lambda r: r.name):
+        data = _read_catalog_yaml(res)
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ParaplanError(f"cluster catalog file {res.name} must hold a mapping with a 'name'")
+        if _key(data["name"]) in index:
+            raise ParaplanError(f"cluster catalog: name '{data['name']}' is used twice")
+        names.append(data["name"])
+        index[_key(data["name"])] = data
+    return tuple(names), index
+
+
+def list_clusters() -> list[str]:
+    """Node-type preset names."""
+    return list(_cluster_catalog()[0])
+
+
+def _cluster_preset(name: str) -> dict:
+    names, index = _cluster_catalog()
+    entry = index.get(_key(name))
+    if entry is None:
+        raise _unknown("cluster", name, list(names), "; or NAME:GPUS, or a path to a YAML/JSON cluster file")
+    return entry
+
+
+def _link_from_dict(d: Any, level: str, where: str) -> LinkSpec:
+    d = _mapping(d, level, where)
+    _check_keys(d, _LINK_FIELDS, f"{where} ({level})")
+    if "bandwidth_gbps" in d:
+        bw = _float(d["bandwidth_gbps"], f"{level}.bandwidth_gbps", where)
+    elif "bandwidth_gbit" in d:
+        bw = _float(d["bandwidth_gbit"], f"{level}.bandwidth_gbit", where) / 8
+    else:
+        raise ParaplanError(f"{where}: field '{level}.bandwidth_gbps' is missing (GB/s per GPU per direction)")
+    return LinkSpec(name=_str(d.get("name", level), f"{level}.name", where), bandwidth_gbps=bw,
+                    latency_us=_float(d.get("latency_us", _DEFAULT_LATENCY[level]), f"{level}.latency_us", where,
+                                      positive=False),
+                    nvls=_bool(d.get("nvls", False), f"{level}.nvls", where))
+
+
+def _with_base(data: dict, where: str) -> dict:
+    """Apply `base:`/`preset:` (a cluster preset) under the given keys."""
+    base = data.get("base", data.get("preset"))
+    if base is None:
+        return data
+    merged = dict(_cluster_preset(_str(base, "base", where)))
+    for level in ("intra_node", "inter_node"):   # a partial link mapping overrides only the keys it gives
+        if isinstance(data.get(level), dict):
+            merged[level] = {**merged[level], **data[level]}
+            if "bandwidth_gbit" in data[level]:
+                merged[level].pop("bandwidth_gbps", None)
+    merged.update({k: v for k, v in data.items() if k not in ("base", "preset", "intra_node", "inter_node")})
+    return merged
+
+
+def _node_group_from_dict(d: dict, where: str, num_gpus: int | None = None) -> NodeGroup:
+    d = _with_base(d, where)
+    for req in ("gpu", "gpus_per_node", "intra_node", "inter_node"):
+        if req not in d:
+            raise ParaplanError(f"{where}: required field '{req}' is missing")
+    try:
+        gpu = load_gpu(_str(d["gpu"], "gpu", where))
+    except ParaplanError as e:
+        raise ParaplanError(f"{where}: field 'gpu': {e}") from None
+    per_node = _int(d["gpus_per_node"], "gpus_per_node", where)
+    if num_gpus is None and d.get("num_gpus") is not None:
+        num_gpus = _int(d["num_gpus"], "num_gpus", where)
+    if num_gpus is not None:
+        nodes, per_node = max(1, math.ceil(num_gpus / per_node)), min(per_node, num_gpus)
+    else:
+        raw = d.get("nodes", d.get("num_nodes", d.get("default_nodes", 1)))
+        nodes = _int(raw, "nodes" if "nodes" in d else "num_nodes", where)
+    return NodeGroup(gpu, nodes, per_node, _link_from_dict(d["intra_node"], "intra_node", where),
+                     _link_from_dict(d["inter_node"], "inter_node", where))
+
+
+def cluster_from_dict(data: dict, where: str = "cluster", num_gpus: int | None = None,
+                      default_name: str = "cluster") -> ClusterSpec:
+    """A ClusterSpec from a mapping: one node type (like the presets) or `node_groups:` (heterogeneous)."""
+    data = _mapping(data, "cluster", where)
+    _check_keys(data, _NODE_FIELDS, where)
+    name = _str(data.get("name", default_name), "name", where)
+    source = _str(data.get("source", ""), "source", where)
+    if "node_groups" in data:
+        groups_raw = data["node_groups"]
+        if not isinstance(groups_raw, list) or not groups_raw:
+            raise ParaplanError(f"{where}: field 'node_groups' must be a non-empty list")
+        groups = []
+        for i, g in enumerate(groups_raw):
+            gw = f"{where} node_groups[{i}]"
+            _check_keys(_mapping(g, f"node_groups[{i}]", where), _NODE_FIELDS - {"node_groups"}, gw)
+            groups.append(_node_group_from_dict(g, gw))
+        cluster = ClusterSpec(name, tuple(groups), source)
+        if num_gpus is not None and num_gpus != cluster.num_gpus:
+            if not cluster.is_homogeneous:
+                raise ParaplanError(f"{where}: cannot resize a heterogeneous cluster of {cluster.num_gpus} GPUs "
+                                    f"to {num_gpus}; edit num_nodes in the file")
+            cluster = cluster.resized(num_gpus)
+        return cluster
+    data = _with_base(data, where)
+    return ClusterSpec(name, (_node_group_from_dict(data, where, num_gpus),), source or data.get("source", ""))
+
+
+def load_cluster(spec: str, num_gpus: int | None = None) -> ClusterSpec:
+    """A preset name, 'PRESET:GPUS' (e.g. 'dgx-h100:64' = 8 nodes of 8), or a YAML/JSON cluster file.
+
+    `num_gpus` sets the size: ceil(num_gpus / gpus_per_node) nodes; fewer GPUs than a node gives one partial node.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ParaplanError(f"cluster must be a preset name or a file path, got {spec!r}")
+    if num_gpus is not None:
+        num_gpus = _int(num_gpus, "num_gpus", f"cluster '{spec}'")
+    if _looks_like_path(spec, _cluster_catalog()[1]):
+        path = Path(spec).expanduser()
+        data = _read_mapping(path, "cluster")
+        return cluster_from_dict(data, where=f"cluster file '{path}'", num_gpus=num_gpus, default_name=path.stem)
+    name, _, size = spec.partition(":")
+    if size:
+        if not size.strip().isdigit() or int(size) <= 0:
+            raise ParaplanError(f"cluster '{spec}': the part after ':' must be a positive GPU count, got '{size}'")
+        if num_gpus is not None and num_gpus != int(size):
+            raise ParaplanError(f"cluster '{spec}' asks for {size} GPUs but num_gpus={num_gpus} was also given")
+        num_gpus = int(size)
+    entry = _cluster_preset(name.strip())
+    return cluster_from_dict(entry, where=f"cluster preset '{entry['name']}'", num_gpus=num_gpus)
+
+
+def _preset_for_gpu(gpu: GPUSpec) -> dict | None:
+    """The cluster preset built from this GPU, else one of the same GPU family (first name token), else None."""
+    _, index = _cluster_catalog()
+    presets = list(index.values())
+    for p in presets:
+        if load_gpu(p["gpu"]).name == gpu.name:
+            return p
+    family = gpu.name.split("-")[0].lower()
+    for p in presets:
+        if load_gpu(p["gpu"]).name.split("-")[0].lower() == family:
+            return p
+    return None
+
+
+_NVLS_GPUS = ("H100", "H200", "B200", "GB200")
+
+
+def cluster_from_links(gpu: str, num_gpus: int, gpus_per_node: int, intra_gbps: float | None,
+                       inter_gbps_bits: float | None) -> ClusterSpec:
+    """A homogeneous cluster from a measured run: intra-node GB/s per GPU per direction, inter-node Gb/s per GPU.
+
+    A bandwidth given as None comes from the cluster preset for that GPU (latencies and link names always do).
+    NVLink SHARP (nvls) is on for H100/H200/B200 NVSwitch nodes.
+    """
+    where = f"cluster for {gpu} x{num_gpus}"
+    spec = load_gpu(gpu)
+    num_gpus = _int(num_gpus, "num_gpus", where)
+    gpus_per_node = _int(gpus_per_node, "gpus_per_node", where)
+    preset = _preset_for_gpu(spec)
+    if preset is None and (intra_gbps is None or inter_gbps_bits is None):
+        raise ParaplanError(f"{where}: no cluster preset for GPU {spec.name}; give both intra_gbps and inter_gbps_bits")
+    nvls_gpu = spec.name.split("-")[0].upper() in _NVLS_GPUS
+    if preset is not None:
+        intra = _link_from_dict(preset["intra_node"], "intra_node", where)
+        inter = _link_from_dict(preset["inter_node"], "inter_node", where)
+    else:
+        intra = LinkSpec("nvlink" if nvls_gpu else "intra-node", 1.0, _DEFAULT_LATENCY["intra_node"], False)
+        inter = LinkSpec("network", 1.0, _DEFAULT_LATENCY["inter_node"], False)
+    if intra_gbps is not None:
+        intra = LinkSpec(intra.name, _float(intra_gbps, "intra_gbps", where), intra.latency_us, nvls_gpu)
+    if inter_gbps_bits is not None:
+        inter = LinkSpec(inter.name, _float(inter_gbps_bits, "inter_gbps_bits", where) / 8, inter.latency_us, False)
+    nodes = max(1, math.ceil(num_gpus / gpus_per_node))
+    group = NodeGroup(spec, nodes, min(gpus_per_node, num_gpus), intra, inter)
+    source = f"measured-run links (intra {intra.bandwidth_gbps:g} GB/s, inter {inter.bandwidth_gbps * 8:g} Gb/s per GPU)"
+    if preset is not None:
+        source += f"; defaults from preset {preset['name']}"
+    return ClusterSpec(f"{spec.name}x{num_gpus}", (group,), source)
