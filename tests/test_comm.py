@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from paraplan.cost.calibration import Calibration
-from paraplan.cost.comm import Group, collective_time, group_of, p2p_time, place
+from paraplan.cost.comm import Group, collective_latency, collective_time, group_of, p2p_time, place
 from paraplan.specs import LinkSpec, Strategy
 
 NVLINK = LinkSpec("nvlink", 300.0, 3.0)
@@ -28,16 +28,25 @@ def test_ring_all_reduce_within_a_node():
 
 
 def test_ring_across_nodes_is_limited_by_the_nics_of_the_group():
-    # 16 ranks, 8 per node, 2 nodes: bus bandwidth min(300, 8 * 25) = 200 GB/s; latency 10 + 20*log2(2) us
+    # 16 ranks, 8 per node, 2 nodes: bus bandwidth min(300, 8 * 25) = 200 GB/s;
+    # latency 10 us + min(ring 2(k-1), tree 2 log2 k) = 2 network hops of 20 us
     t = collective_time("all_reduce", 1e9, Group(16, 8, 2), NVLINK, IB, CAL)
-    assert t == pytest.approx(30e-6 + 2 * 15 / 16 * 1e9 / 200e9)
-    # one rank per node: a single NIC carries the ring
+    assert t == pytest.approx(50e-6 + 2 * 15 / 16 * 1e9 / 200e9)
+    # one rank per node: a single NIC carries the ring; ring all-gather over 4 nodes has k - 1 = 3 network hops
     t1 = collective_time("all_gather", 1e9, Group(4, 1, 4), NVLINK, IB, CAL)
-    assert t1 == pytest.approx(10e-6 + 20e-6 * 2 + 0.75 * 1e9 / 25e9)
+    assert t1 == pytest.approx(10e-6 + 20e-6 * 3 + 0.75 * 1e9 / 25e9)
+
+
+def test_ring_latency_grows_with_nodes_tree_all_reduce_with_log_nodes():
+    # NCCL tuning.cc: ring all-gather pays k - 1 network hops; all-reduce may use a tree with 2 log2(k)
+    big = Group(1024, 8, 128)
+    assert collective_latency("all_gather", big, CAL) == pytest.approx(10e-6 + 127 * 20e-6)
+    assert collective_latency("all_reduce", big, CAL) == pytest.approx(10e-6 + 2 * 7 * 20e-6)
 
 
 def test_all_to_all_only_sends_off_node_share_over_nics():
-    # 16 ranks, 8 per node: (n-1)/n * S / (B_nic * (n-1)/(n-g)) = (n-g)/n * S / B_nic = 0.5 * 1e9 / 25e9
+    # 16 ranks, 8 per node: (n-1)/n * S / (B_nic * (n-1)/(n-g)) = (n-g)/n * S / B_nic = 0.5 * 1e9 / 25e9;
+    # latency 10 us + (k - 1) = 1 network hop of 20 us
     t = collective_time("all_to_all", 1e9, Group(16, 8, 2), NVLINK, IB, CAL)
     assert t == pytest.approx(30e-6 + 0.5e9 / 25e9)
 

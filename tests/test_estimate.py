@@ -4,13 +4,18 @@ from hypothesis import given, settings, strategies as st
 
 from paraplan.cost.calibration import Calibration
 from paraplan.errors import ParaplanError
-from paraplan.estimate import estimate
+from paraplan.estimate import estimate as _estimate
 from paraplan.specs import ClusterSpec, GPUSpec, JobSpec, LinkSpec, ModelSpec, MoESpec, NodeGroup, Strategy
 
 A100 = GPUSpec("A100-SXM4-80GB", {"bf16": 312.0, "fp16": 312.0}, 74.5, 2039.0, 108)
 GPT = ModelSpec("gpt-test", layers=16, hidden=2048, heads=16, ffn=8192, vocab=51200)
 MOE = ModelSpec("moe-test", layers=8, hidden=1024, heads=16, ffn=4096, vocab=32000, gated_mlp=True,
                 moe=MoESpec(num_experts=8, top_k=2, expert_ffn=2048), norm="rmsnorm", linear_bias=False)
+
+
+def estimate(model, cluster, job, strategy, calibration=None):
+    """Structural tests use the built-in defaults, not the fitted catalog, so a refit cannot change them."""
+    return _estimate(model, cluster, job, strategy, calibration=calibration or Calibration())
 
 
 def cluster(num_gpus, intra=300.0, inter=25.0, per_node=8):
@@ -112,3 +117,14 @@ def test_heads_must_divide_by_tp():
     c = ClusterSpec("six", (NodeGroup(A100, 1, 6, LinkSpec("nvlink", 300, 3.0), LinkSpec("ib", 25, 8.0)),))
     with pytest.raises(ParaplanError, match=r"heads \(16\) must be divisible by tp \(3\)"):
         estimate(GPT, c, JobSpec(64, 2048), Strategy(tp=3, dp=2))
+
+
+def test_expert_parallel_folds_over_tensor_parallel_ranks():
+    # Megatron folds EP over tp*dp*cp: tp=2, ep=8, dp=4 is valid, with expert TP = 1 (ep does not divide dp*cp)
+    s = Strategy(tp=2, dp=4, ep=8)
+    assert s.expert_tp == 1 and s.expert_dp == 1
+    assert Strategy(tp=2, dp=8, ep=4).expert_tp == 2
+    plan = estimate(MOE, cluster(8), JobSpec(32, 1024), s)
+    assert plan.time.exposed_comm_s.get("ep", 0) > 0
+    with pytest.raises(ParaplanError, match=r"ep \(8\) must divide tp\*dp\*cp \(4\)"):
+        estimate(MOE, cluster(4), JobSpec(32, 1024), Strategy(tp=2, dp=2, ep=8))

@@ -1,13 +1,16 @@
 """The library calls behind the CLI: everything `paraplan` does from a terminal is one call here."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from paraplan.errors import ParaplanError
 from paraplan.estimate import estimate
 from paraplan.frameworks import defaults_for
 from paraplan.specs import JobSpec, Plan, Strategy
 from paraplan.specs.loaders import load_cluster, load_model
-from paraplan.validate.score import RowResult, predict_file
+from paraplan.validate.runs import read_rows
+from paraplan.validate.score import RowResult, predict_rows, row_group
 
 
 def estimate_strategy(model: str, cluster: str, strategy: str, global_batch: int, seq_len: int,
@@ -26,5 +29,48 @@ def estimate_strategy(model: str, cluster: str, strategy: str, global_batch: int
 
 
 def estimate_runs(path: str | Path) -> list[RowResult]:
-    """Predict every row of a measured-runs CSV; rows that cannot be modelled carry an error instead of a time."""
-    return predict_file(path)
+    """Predict every row of a measured-runs CSV; rows that cannot be modelled carry an error instead of a time.
+
+    A problem with the file itself (missing, not a CSV, required columns absent) raises ParaplanError. A problem
+    with one row never does: that row gets `error` set, whatever went wrong while modelling it, so that one odd row
+    cannot take down a whole file (the `--runs --json` contract of docs/DESIGN.md)."""
+    return [_estimate_row(row) for row in read_rows(path)]
+
+
+def _estimate_row(row: dict) -> RowResult:
+    rid = str(row.get("id") or "?")
+    try:
+        result = predict_rows([row])[0]
+    except Exception as exc:  # noqa: BLE001 - a library bug on odd input must not crash the other rows
+        return RowResult(rid, row_group(rid), _measured(row), None,
+                         error=f"cannot model this row ({type(exc).__name__}: {' '.join(str(exc).split())})")
+    for name in ("predicted_s", "memory_gib"):
+        value = getattr(result, name)
+        if value is not None and not math.isfinite(value):
+            return RowResult(result.id, result.group, result.measured_s, None,
+                             error=f"prediction is not a finite number ({name.removesuffix('_s')}={value}); "
+                                   "check the row's numbers", assumptions=result.assumptions)
+    return result
+
+
+def _measured(row: dict) -> float | None:
+    try:
+        value = float(str(row.get("measured_iter_time_s") or "").strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def run_result_dict(r: RowResult) -> dict:
+    """One row of `estimate --runs --json`: the prediction, or {"id", "error"} for a row that cannot be modelled."""
+    if r.error is not None or r.predicted_s is None:
+        return {"id": r.id, "error": r.error or "no prediction"}
+    return {"id": r.id, "iteration_time_s": r.predicted_s, "memory_gib_per_gpu": r.memory_gib,
+            "fits_in_memory": r.fits, "assumed": list(r.assumptions)}
+
+
+def check_positive(**sizes: int | None) -> None:
+    """ParaplanError naming the first size that is given but not a positive integer (keys name the CLI flags)."""
+    for flag, value in sizes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ParaplanError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")

@@ -1,4 +1,7 @@
-"""`paraplan` command line: a thin typer app over paraplan.api. Errors in input are one line and exit code 2."""
+"""`paraplan` command line: a thin typer app over paraplan.api.
+
+Every error is one line on stderr starting with `error:`, never a traceback: bad input (ours or typer's own usage
+errors) exits 2; an unexpected exception inside paraplan exits 1 and says it is a bug."""
 from __future__ import annotations
 
 import json
@@ -8,18 +11,62 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:
+    from typer import TyperException as _UsageError    # typer >= 0.20 vendors click; its errors derive from this
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import ClickException as _UsageError
 
 from paraplan import api
 from paraplan.errors import ParaplanError
 from paraplan.validate.score import summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+class _OneLineErrors(TyperGroup):
+    """Runs a command and turns whatever escapes it into one `error: ...` line on stderr and an exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except _UsageError as exc:              # typer's usage errors: unknown option, value of the wrong type...
+            message, code = exc.format_message(), getattr(exc, "exit_code", 2)
+            if type(exc).__name__ == "NoArgsIsHelpError":   # bare `paraplan`: typer has printed the help already
+                if message.strip():
+                    typer.echo(message)
+                sys.exit(code)
+            command = getattr(getattr(exc, "ctx", None), "command_path", None)
+            hint = f" (see '{command} --help')" if command else ""
+            typer.echo(f"error: {_one_line(message)}{hint}", err=True)
+            sys.exit(code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        except ParaplanError as exc:            # anything that slipped past a command's own handling
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            sys.exit(2)
+        except Exception as exc:  # noqa: BLE001 - the one-line contract holds for our own bugs too
+            typer.echo(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                       "this is a paraplan bug, please report it with the command line", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)   # an int here is the code of a typer.Exit
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Plan, simulate and validate hybrid-parallel LLM training strategies.")
 console = Console()
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_one_line(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -39,11 +86,8 @@ def estimate(
     try:
         if runs:
             results = api.estimate_runs(runs)
-            out = [{"id": r.id, "iteration_time_s": r.predicted_s, "memory_gib_per_gpu": r.memory_gib,
-                    "fits_in_memory": r.fits, "assumed": list(r.assumptions)} if r.error is None
-                   else {"id": r.id, "error": r.error} for r in results]
             if as_json:
-                typer.echo(json.dumps(out, indent=1))
+                typer.echo(json.dumps([api.run_result_dict(r) for r in results], indent=1))
             else:
                 table = Table("id", "predicted s", "memory GiB", "note")
                 for r in results:
@@ -55,6 +99,7 @@ def estimate(
                                         ("--seq-len", seq_len)) if v is None]
         if missing:
             _fail(f"missing {', '.join(missing)} (or give --runs FILE.csv)")
+        api.check_positive(global_batch=global_batch, seq_len=seq_len)
         plan = api.estimate_strategy(model, cluster, strategy, global_batch, seq_len, precision, framework)
     except ParaplanError as exc:
         _fail(str(exc))
@@ -99,6 +144,8 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ):
     """Predicted vs measured iteration time for every row: accuracy per row, by source, worst rows."""
+    if worst < 0:
+        _fail(f"--worst must be 0 or more, got {worst}")
     try:
         results = api.estimate_runs(runs)
     except ParaplanError as exc:
@@ -139,11 +186,7 @@ def presets():
 
 
 def main() -> None:
-    try:
-        app()
-    except ParaplanError as exc:       # anything that slipped past a command's own handling
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    app()       # errors of every kind become one line: see _OneLineErrors
 
 
 if __name__ == "__main__":

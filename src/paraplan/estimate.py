@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from paraplan.cost import comm, compute, memory
 from paraplan.cost.calibration import Calibration, calibration_for
-from paraplan.frameworks import grad_reduce_bytes_per_param
+from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param
 from paraplan.sim.engine import PipelineCosts, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import TimeBreakdown
@@ -73,66 +73,90 @@ def _layer_comm(model, job, s: Strategy, cluster: ClusterSpec, cal: Calibration,
         bwd["cp"] = (max(0.0, ring_b - attention_bwd_s), min(ring_b, attention_bwd_s))
     if moe_layer and s.ep > 1:
         ep_group = comm.group_of("ep", s, g.gpus_per_node)
-        a2a_bytes = tokens * model.moe.top_k * model.hidden * 2
+        # each rank dispatches its 1/tp share of the tokens when expert TP is 1; with expert TP = TP the TP group
+        # dispatches all of them and each rank sends what its shard of every expert needs (same bytes per rank)
+        a2a_bytes = tokens * model.moe.top_k * model.hidden * 2 / (s.tp // s.expert_tp)
         one = comm.collective_time("all_to_all", a2a_bytes, ep_group, intra, inter, cal)
         fwd["ep"] = (2 * one, 0.0)                   # dispatch + combine
         bwd["ep"] = ((4 if s.recompute == "full" else 2) * one, 0.0)
     return fwd, bwd
 
 
-def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[list[int]]) -> list[_StageCost]:
+@dataclass
+class _PassCost:
+    """One pass (forward or backward incl. recompute) of one layer for one micro-batch."""
+    time_s: float
+    compute_s: float
+    exposed: dict
+    overlapped: dict
+    slowdown_s: float
+
+
+def _pass_cost(host_s: float, gpu_s: float, comms: dict, cal: Calibration) -> _PassCost:
+    """The GPU stream runs the compute kernels, the exposed communication and the slowdown of overlapped
+    communication; the host launches them. A pass takes the longer of the two, so communication that fits in a
+    launch-bound pass is hidden (counted as overlapped)."""
+    slowdown = sum(ovl for _, ovl in comms.values()) * cal.overlap_slowdown
+    exposed_total = sum(exp for exp, _ in comms.values())
+    compute_s = max(host_s, gpu_s)
+    time_s = max(host_s, gpu_s + exposed_total + slowdown)
+    extra = exposed_total + slowdown
+    share = (time_s - compute_s) / extra if extra > 0 else 0.0
+    return _PassCost(time_s, compute_s,
+                     {k: exp * share for k, (exp, _) in comms.items() if exp},
+                     {k: ovl + exp * (1 - share) for k, (exp, ovl) in comms.items() if ovl or exp * (1 - share)},
+                     slowdown * share)
+
+
+def _layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int) -> tuple[_PassCost, _PassCost, float]:
+    """(forward, backward, recompute GPU seconds) of one layer for one micro-batch on one GPU."""
     gpu = cluster.gpu
-    cache: dict[bool, tuple] = {}
-
-    def per_layer(moe_layer: bool):
-        if moe_layer not in cache:
-            lc = compute.layer_compute(model, job, s, gpu, cal, moe_layer)
-            rc = compute.recompute_time(model, job, s, gpu, cal, moe_layer)
-            attn_ops = [op for op in compute.layer_ops(model, job, s, moe_layer)
-                        if op.name in ("flash_attention", "attn_scores", "attn_context")]
-            attn_f = sum(compute.op_time(op, gpu, cal, job.precision, False) for op in attn_ops)
-            attn_b = sum(compute.op_time(op, gpu, cal, job.precision, True) for op in attn_ops)
-            cache[moe_layer] = (lc, rc, _layer_comm(model, job, s, cluster, cal, moe_layer, attn_f, attn_b))
-        return cache[moe_layer]
-
-    zero3_layer_gather = s.zero == 3 and s.dp * s.cp > 1
-    dp_group = comm.place(s.dp * s.cp, s.tp, cluster.gpus_per_node)
     g = cluster.primary
+    moe_layer = model.is_moe_layer(layer_index)
+    lc = compute.layer_compute(model, job, s, gpu, cal, moe_layer)
+    rc_gpu, rc_host = compute.recompute_time(model, job, s, gpu, cal, moe_layer)
+    attn_ops = [op for op in compute.layer_ops(model, job, s, moe_layer)
+                if op.name in ("flash_attention", "attn_scores", "attn_context")]
+    attn_f = sum(compute.op_time(op, gpu, cal, job.precision, False) for op in attn_ops)
+    attn_b = sum(compute.op_time(op, gpu, cal, job.precision, True) for op in attn_ops)
+    comm_f, comm_b = _layer_comm(model, job, s, cluster, cal, moe_layer, attn_f, attn_b)
+    bwd_gpu, bwd_host = lc.gpu_backward_s + rc_gpu, lc.host_backward_s + rc_host
+    if s.zero == 3 and s.dp * s.cp > 1:
+        # FSDP/ZeRO-3: gather this layer's parameters in forward and again in backward, prefetched one layer
+        # ahead; reduce-scatter its gradients after its backward. Exposed where the layer is shorter.
+        dp_group = comm.place(s.dp * s.cp, s.tp, g.gpus_per_node)
+        layer_params = sum(memory.layer_params_on_gpu(model, s, layer_index))
+        gather = comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
+        scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework),
+                                       dp_group, g.intra_node, g.inter_node, cal)
+        f_exp = max(0.0, gather - lc.forward_s)
+        b_exp = max(0.0, gather + scatter - max(bwd_gpu, bwd_host))
+        comm_f["zero"] = (f_exp, gather - f_exp)
+        comm_b["zero"] = (b_exp, gather + scatter - b_exp)
+    return (_pass_cost(lc.host_forward_s, lc.gpu_forward_s, comm_f, cal),
+            _pass_cost(bwd_host, bwd_gpu, comm_b, cal), rc_gpu)
+
+
+def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[list[int]]) -> list[_StageCost]:
+    cache: dict[bool, tuple] = {}        # a layer's cost depends only on whether it is an MoE layer
     costs = []
-    for index, layers in enumerate(layers_by_chunk):
+    for layers in layers_by_chunk:
         sc = _StageCost()
         for li in layers:
             moe_layer = model.is_moe_layer(li)
-            lc, rc, (cf, cb) = per_layer(moe_layer)
-            sc.forward_s += lc.forward_s
-            sc.backward_s += lc.backward_s + rc
-            sc.compute_s += lc.forward_s + lc.backward_s + rc
-            sc.recompute_s += rc
-            for kind, (exp, ovl) in cf.items():
-                sc.forward_s += exp + ovl * cal.overlap_slowdown
-                sc.add(sc.exposed, kind, exp)
-                sc.add(sc.overlapped, kind, ovl)
-                sc.slowdown_s += ovl * cal.overlap_slowdown
-            for kind, (exp, ovl) in cb.items():
-                sc.backward_s += exp + ovl * cal.overlap_slowdown
-                sc.add(sc.exposed, kind, exp)
-                sc.add(sc.overlapped, kind, ovl)
-                sc.slowdown_s += ovl * cal.overlap_slowdown
-            if zero3_layer_gather:
-                # FSDP/ZeRO-3: gather this layer's parameters in forward and again in backward, prefetched one layer
-                # ahead; reduce-scatter its gradients after its backward. Exposed where the layer is shorter.
-                layer_params = sum(memory.layer_params_on_gpu(model, s, li))
-                gather = comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
-                scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework),
-                                               dp_group, g.intra_node, g.inter_node, cal)
-                f_exp = max(0.0, gather - lc.forward_s)
-                b_exp = max(0.0, gather + scatter - lc.backward_s - rc)
-                hidden = (gather - f_exp) + (gather + scatter - b_exp)
-                sc.forward_s += f_exp + (gather - f_exp) * cal.overlap_slowdown
-                sc.backward_s += b_exp + (gather + scatter - b_exp) * cal.overlap_slowdown
-                sc.add(sc.exposed, "zero", f_exp + b_exp)
-                sc.add(sc.overlapped, "zero", hidden)
-                sc.slowdown_s += hidden * cal.overlap_slowdown
+            if moe_layer not in cache:
+                cache[moe_layer] = _layer_passes(model, job, s, cluster, cal, li)
+            fwd, bwd, recompute_s = cache[moe_layer]
+            sc.forward_s += fwd.time_s
+            sc.backward_s += bwd.time_s
+            sc.compute_s += fwd.compute_s + bwd.compute_s
+            sc.recompute_s += recompute_s
+            sc.slowdown_s += fwd.slowdown_s + bwd.slowdown_s
+            for p in (fwd, bwd):
+                for kind, v in p.exposed.items():
+                    sc.add(sc.exposed, kind, v)
+                for kind, v in p.overlapped.items():
+                    sc.add(sc.overlapped, kind, v)
         costs.append(sc)
     return costs
 
@@ -181,11 +205,15 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
 
     p2p_bytes = s.micro_batch * job.seq_len // s.cp * model.hidden * 2 / (s.tp if s.sequence_parallel else 1)
     p2p = comm.p2p_time(p2p_bytes, comm.pp_crosses_nodes(s, g.gpus_per_node), g.intra_node, g.inter_node, cal) if s.pp > 1 else 0.0
-    pipe = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, p2p), record_events=False)
+    # Megatron's 1F1B waits for each send/recv pair before the next compute (send_forward_recv_backward); only the
+    # interleaved schedule overlaps p2p with compute (--overlap-p2p-comm)
+    overlapped_p2p = s.vpp > 1 or job.framework not in MEGATRON_FAMILY
+    pipe = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, p2p, p2p_overlapped=overlapped_p2p),
+                             record_events=False)
 
     # ---- data-parallel gradient reduction and the optimizer step, after each rank's last backward -----------------
     dp_group = comm.place(s.dp * s.cp, s.tp, g.gpus_per_node)
-    expert_dp_group = comm.place(s.dp * s.cp // s.ep, s.tp * s.ep, g.gpus_per_node)
+    expert_dp_group = comm.place(s.expert_dp, s.ep * s.expert_tp, g.gpus_per_node)
     grad_bytes = grad_reduce_bytes_per_param(job.framework)
     finish = []
     dp_exposed = [0.0] * s.pp

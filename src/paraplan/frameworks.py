@@ -13,19 +13,19 @@ from dataclasses import dataclass
 
 FRAMEWORK_DEFAULTS: dict[str, dict] = {
     "megatron-lm": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
-                    "overlap_param_gather": True},
+                    "overlap_param_gather": True, "tp_comm_overlap": False},
     "nemo": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
-             "overlap_param_gather": True},
+             "overlap_param_gather": True, "tp_comm_overlap": False},
     "megatron-deepspeed": {"sequence_parallel": False, "zero": 0, "recompute": "full", "overlap_grad_reduce": False,
-                           "overlap_param_gather": False},
+                           "overlap_param_gather": False, "tp_comm_overlap": False},
     "deepspeed": {"sequence_parallel": False, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
-                  "overlap_param_gather": False},
+                  "overlap_param_gather": False, "tp_comm_overlap": False},
     "torchtitan": {"sequence_parallel": True, "zero": 3, "recompute": "selective", "overlap_grad_reduce": True,
-                   "overlap_param_gather": True},
+                   "overlap_param_gather": True, "tp_comm_overlap": False},
     "maxtext": {"sequence_parallel": False, "zero": 3, "recompute": "full", "overlap_grad_reduce": True,
-                "overlap_param_gather": True},
+                "overlap_param_gather": True, "tp_comm_overlap": False},
     "other": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
-              "overlap_param_gather": True},
+              "overlap_param_gather": True, "tp_comm_overlap": False},
 }
 
 

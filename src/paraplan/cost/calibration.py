@@ -17,7 +17,6 @@ class Calibration:
     # --- hardware (per GPU type) ---
     gemm_efficiency: float = 0.80          # fraction of dense peak a large, well-shaped GEMM reaches (MAMF-like)
     gemm_k_half: float = 96.0              # K at which the GEMM main loop reaches half its efficiency (prologue cost)
-    gemm_tile: int = 128                   # output tile edge used for tile and wave quantisation
     fp8_gemm_speedup: float = 1.6          # fp8 over bf16 on large GEMMs (not the 2x of the datasheet: casts, scaling)
     attention_efficiency: float = 0.60     # flash-attention forward at long sequences, fraction of peak
     attention_seq_half: float = 512.0      # sequence length at which attention reaches half of that
@@ -31,14 +30,16 @@ class Calibration:
     comm_half_size_bytes: float = 11e6     # message size at which a collective reaches half its peak bandwidth: vTrain's
                                            # A100 LUT (20 GB/s @1 MB, 126 @16 MB, 202 @64 MB vs 235 peak) gives 10-14 MB
     collective_latency_s: float = 15e-6    # fixed cost of one collective within a node
-    inter_node_latency_s: float = 30e-6    # extra fixed cost when the collective crosses nodes
+    inter_node_latency_s: float = 8e-6     # one network hop of a collective step (NCCL NET latency: LL128 4 us,
+                                           # Simple 14 us, tuning.cc)
     nvls_speedup: float = 1.25             # NVLink SHARP all-reduce over ring on NVSwitch systems (473 vs 370 GB/s)
     overlap_slowdown: float = 0.15         # compute slowdown while a collective runs beside it (Calculon: 15% NVLink)
     # --- software (per framework) ---
     fused_elementwise: float = 1.0         # 1 = every element-wise op is its own kernel; <1 = fraction left by fusion
     attention_kernel_scale: float = 1.0    # the framework's attention kernel vs the GPU's best (SDPA/FA2 vs cuDNN/FA3)
     layer_host_s: float = 0.0              # CPU time to launch one layer's forward (eager frameworks); the GPU waits
-                                           # when its own work is shorter. Backward launches ~2x the kernels.
+                                           # when its own work is shorter.
+    backward_host_ratio: float = 2.0       # backward launches about twice the forward's kernels (dgrad + wgrad)
     microbatch_overhead_s: float = 0.0     # per micro-batch per pipeline stage (scheduling, p2p bookkeeping)
     iteration_overhead_s: float = 0.0      # per optimizer step (logging, loss reduce, grad-norm, clipping)
 

@@ -42,8 +42,8 @@ def place(size: int, stride: int, gpus_per_node: int) -> Group:
 def group_of(dim: str, strategy: Strategy, gpus_per_node: int) -> Group:
     """Placement of the `dim` group ("tp", "cp", "ep", "dp", "pp")."""
     if dim == "ep":
-        # expert-parallel ranks are consecutive after TP (Megatron expert grid tp-ep-dp)
-        return place(strategy.ep, strategy.tp, gpus_per_node)
+        # expert-parallel ranks are consecutive after expert TP (Megatron expert grid etp-ep-edp)
+        return place(strategy.ep, strategy.expert_tp, gpus_per_node)
     stride = 1
     for inner in RANK_ORDER[:RANK_ORDER.index(dim)]:
         stride *= getattr(strategy, inner)
@@ -71,12 +71,25 @@ def collective_time(op: str, nbytes: float, group: Group, intra: LinkSpec, inter
         else:
             inter_bus = nic_bw * g
         bus_bw = min(intra_bw, inter_bus) if g > 1 else inter_bus
-        latency = cal.collective_latency_s + cal.inter_node_latency_s * math.ceil(math.log2(group.nodes))
     else:
         bus_bw = intra_bw
-        latency = cal.collective_latency_s
     size_eff = nbytes / (nbytes + cal.comm_half_size_bytes)
-    return latency + BUS_FACTOR[op](n) * nbytes / (bus_bw * size_eff)
+    return collective_latency(op, group, cal) + BUS_FACTOR[op](n) * nbytes / (bus_bw * size_eff)
+
+
+def collective_latency(op: str, group: Group, cal: Calibration) -> float:
+    """Fixed cost of a collective. Within a node it is folded into the size-dependent bandwidth (S_half); across
+    k nodes NCCL's ring pays one network hop per node boundary per step (tuning.cc: nInterSteps = k - 1 for
+    all-gather / reduce-scatter, 2(k - 1) for a ring all-reduce), while all-reduce can take a tree with
+    2 log2(k) network hops. Rings over thousands of ranks are latency-bound for this reason."""
+    k = group.nodes
+    if k <= 1:
+        return cal.collective_latency_s
+    if op == "all_reduce":
+        hops = min(2 * (k - 1), 2 * math.ceil(math.log2(k)))
+    else:
+        hops = k - 1
+    return cal.collective_latency_s + hops * cal.inter_node_latency_s
 
 
 def p2p_time(nbytes: float, crosses_nodes: bool, intra: LinkSpec, inter: LinkSpec, cal: Calibration) -> float:

@@ -35,28 +35,51 @@ class Op:
 
 @dataclass(frozen=True)
 class LayerCompute:
-    """Seconds for one micro-batch through one layer on one GPU."""
-    forward_s: float
-    backward_s: float
+    """Seconds for one micro-batch through one layer on one GPU: the GPU's kernel time and the host's time to
+    launch them. The GPU runs behind the host, so a pass takes the longer of the two (plus what the GPU waits on
+    communication; see estimate.py)."""
+    gpu_forward_s: float
+    gpu_backward_s: float
+    host_forward_s: float
+    host_backward_s: float
     forward_flops: float
+
+    @property
+    def forward_s(self) -> float:
+        return max(self.gpu_forward_s, self.host_forward_s)
+
+    @property
+    def backward_s(self) -> float:
+        return max(self.gpu_backward_s, self.host_backward_s)
+
+
+# (tile rows, tile cols, relative efficiency of the kernel): cuBLAS picks among tile shapes per problem; smaller
+# tiles fill the SMs better on small problems but reuse less data (NVIDIA matmul performance guide).
+GEMM_TILES = ((256, 128, 1.0), (128, 256, 1.0), (128, 128, 0.92), (128, 64, 0.80), (64, 64, 0.65))
+
+
+def tile_efficiency(m: int, n: int, batch: int, sm_count: int) -> float:
+    """Best over GEMM_TILES of tile quantisation (partial tiles waste work) x wave quantisation (the last wave
+    leaves SMs idle) x the tile's own efficiency."""
+    best = 0.0
+    for tm, tn, rel in GEMM_TILES:
+        tiles = math.ceil(m / tm) * math.ceil(n / tn) * batch
+        waves = math.ceil(tiles / sm_count)
+        useful = (m * n * batch) / (tiles * tm * tn)
+        best = max(best, rel * useful * tiles / (waves * sm_count))
+    return best
 
 
 def gemm_time(m: int, n: int, k: int, gpu: GPUSpec, cal: Calibration, precision: str, batch: int = 1) -> float:
-    """Time of C[m,n] = A[m,k] B[k,n] (x batch). Tile quantisation wastes the partial tiles; wave quantisation
-    leaves SMs idle in the last wave; short K pays the main-loop prologue (NVIDIA matmul performance guide)."""
+    """Time of C[m,n] = A[m,k] B[k,n] (x batch): calibrated peak efficiency x tile/wave quantisation x the short-K
+    main-loop prologue, bounded below by the bytes moved and by the kernel floor."""
     if m <= 0 or n <= 0 or k <= 0:
         return 0.0
     flops = 2.0 * m * n * k * batch
-    tile = cal.gemm_tile
-    tiles = math.ceil(m / tile) * math.ceil(n / tile) * batch
-    waves = math.ceil(tiles / gpu.sm_count)
-    useful = (m * n * batch) / (tiles * tile * tile)        # tile quantisation
-    wave_fill = tiles / (waves * gpu.sm_count)               # wave quantisation
-    k_eff = k / (k + cal.gemm_k_half)
     peak = gpu.peak("bf16") * 1e12
     if precision == "fp8":
         peak *= cal.fp8_gemm_speedup
-    eff = cal.gemm_efficiency * useful * wave_fill * k_eff
+    eff = cal.gemm_efficiency * tile_efficiency(m, n, batch, gpu.sm_count) * k / (k + cal.gemm_k_half)
     compute = flops / (peak * eff)
     bytes_moved = (m * k + k * n) * batch * (1 if precision == "fp8" else 2) + m * n * batch * 2
     return max(compute, bytes_moved / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
@@ -118,8 +141,10 @@ def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: boo
     if moe_layer and model.moe:
         moe = model.moe
         ops.append(Op("router", "gemm", flops=2 * tokens * h * moe.num_experts, m=tokens, n=moe.num_experts, k=h))
-        ffn = moe.expert_ffn // tp
-        routed = tokens * moe.top_k          # tokens per GPU after dispatch, balanced routing assumed
+        ffn = moe.expert_ffn // strategy.expert_tp
+        # tokens per GPU after dispatch (balanced routing): with expert TP < TP each TP rank dispatches only its
+        # 1/tp share of the tokens (Megatron's alltoall dispatcher after the sequence-parallel split)
+        routed = tokens * moe.top_k * strategy.expert_tp // tp
         local_experts = max(1, moe.num_experts // strategy.ep)
         rows = max(1, routed // local_experts)
         ops.append(Op("expert_up", "gemm", flops=2 * routed * h * ffn * mats, m=rows, n=ffn * mats, k=h, batch=local_experts))
@@ -156,22 +181,23 @@ def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bo
 def layer_compute(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
                   moe_layer: bool = False) -> LayerCompute:
     ops = layer_ops(model, job, strategy, moe_layer)
-    # the GPU runs behind the host's launches: a layer takes the longer of its kernels and the host launch time
-    fwd = max(sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s)
-    bwd = max(sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops), 2 * cal.layer_host_s)
-    return LayerCompute(fwd, bwd, sum(op.flops for op in ops))
+    return LayerCompute(gpu_forward_s=sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops),
+                        gpu_backward_s=sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops),
+                        host_forward_s=cal.layer_host_s, host_backward_s=cal.backward_host_ratio * cal.layer_host_s,
+                        forward_flops=sum(op.flops for op in ops))
 
 
 def recompute_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
-                   moe_layer: bool = False) -> float:
-    """Extra forward work in backward: the whole layer (full) or only the attention core (selective)."""
+                   moe_layer: bool = False) -> tuple[float, float]:
+    """(GPU, host) seconds of the extra forward work in backward: the whole layer (full) or only the attention
+    core (selective, a few kernels: no host cost of its own)."""
     if strategy.recompute == "none":
-        return 0.0
+        return 0.0, 0.0
     ops = layer_ops(model, job, strategy, moe_layer)
     if strategy.recompute == "selective":
         ops = [op for op in ops if op.name in ("flash_attention", "attn_scores", "softmax", "attn_dropout", "attn_context")]
-        return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops)
-    return max(sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s)
+        return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), 0.0
+    return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s
 
 
 def embedding_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration) -> tuple[float, float]:

@@ -87,7 +87,7 @@ def _layer_parts(model, job, strategy, moe_layer, flash, dropout):
     if moe_layer and model.moe:
         me = model.moe
         mlp += 8 * me.num_experts / tsp     # router logits + probabilities in fp32
-        mlp += me.top_k * (4 * h + _intermediate(model, me.expert_ffn, conv) / t)
+        mlp += me.top_k * (4 * h + _intermediate(model, me.expert_ffn, conv) / strategy.expert_tp)
         if me.shared_experts:
             mlp += me.shared_experts * _intermediate(model, me.shared_expert_ffn or me.expert_ffn, conv) / t
     else:
@@ -214,7 +214,7 @@ def layer_params_on_gpu(model, strategy, i) -> tuple[float, float]:
     if model.is_moe_layer(i):
         router = model.hidden * model.moe.num_experts
         dense += (model.dense_mlp_params_per_moe_layer() - router) / t + router
-        return dense, model.expert_params_per_layer() / (strategy.ep * t)
+        return dense, model.expert_params_per_layer() / (strategy.ep * strategy.expert_tp)
     return dense + model.mlp_params(model.ffn) / t, 0.0
 
 
@@ -272,7 +272,7 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
     tsp = _sp_div(s, conv)
     capacity = gpu.hbm_gib * (1 - job.memory_headroom)
     shard_dense = s.dp * s.cp                 # Megatron dist-opt and FSDP shard over the dp x cp group
-    shard_expert = max(1, s.dp * s.cp // s.ep)
+    shard_expert = s.expert_dp
     wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense)
     we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert)
     per = {False: _per_token(model, job, s, False, flash, drop), True: _per_token(model, job, s, True, flash, drop)}

@@ -51,6 +51,17 @@ class Strategy:
             object.__setattr__(self, "layers_per_stage", tuple(self.layers_per_stage))
 
     @property
+    def expert_tp(self) -> int:
+        """Tensor-parallel degree of the expert MLPs. Megatron folds EP over tp*dp*cp: experts keep TP sharding when
+        ep divides dp*cp, otherwise (e.g. tp=2, ep=32, dp=16) expert_tensor_parallel_size is 1."""
+        return self.tp if (self.dp * self.cp) % self.ep == 0 else 1
+
+    @property
+    def expert_dp(self) -> int:
+        """Data-parallel degree of the expert weights: the ranks of tp*dp*cp not used by ep or expert TP."""
+        return self.tp * self.dp * self.cp // (self.ep * self.expert_tp)
+
+    @property
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
 
@@ -162,8 +173,8 @@ def rule_experts(s, model, cluster, job):
             return f"ep={s.ep} needs a mixture-of-experts model; {model.name} is dense"
         if model.moe.num_experts % s.ep:
             return f"experts ({model.moe.num_experts}) must be divisible by ep ({s.ep})"
-        if (s.dp * s.cp) % s.ep:
-            return f"ep ({s.ep}) must divide dp*cp ({s.dp * s.cp})"
+        if (s.tp * s.dp * s.cp) % s.ep:
+            return f"ep ({s.ep}) must divide tp*dp*cp ({s.tp * s.dp * s.cp})"
 
 
 RULES = (rule_world_size, rule_heads_divisible_by_tp, rule_kv_heads_vs_tp, rule_ffn_divisible_by_tp, rule_layers_split,

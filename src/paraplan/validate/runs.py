@@ -160,7 +160,8 @@ def case_from_row(row: dict) -> RunCase:
         assumed.append(f"uneven pipeline split {values['layers_per_stage']} (embedding and loss counted as layers)")
     strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
                         overlap_grad_reduce=defaults["overlap_grad_reduce"],
-                        overlap_param_gather=defaults["overlap_param_gather"])
+                        overlap_param_gather=defaults["overlap_param_gather"],
+                        tp_comm_overlap=defaults["tp_comm_overlap"] and sp and values["tp"] > 1)
     num_gpus = _int(row, "num_gpus")
     if strategy.world_size != num_gpus:
         raise ParaplanError(f"row {rid!r}: tp*cp*dp*pp = {strategy.world_size} but num_gpus = {num_gpus}")
