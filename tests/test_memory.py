@@ -167,8 +167,13 @@ def test_megatron_weight_and_optimizer_plain_tp_pp():
 
 
 # ---- torchtitan benchmarks/llama3_h100_202412_torchtitan.md (peak reserved memory, GiB, max over GPUs) ----------
-# Tables 1 and 3 calibrate torchtitan's fragmentation fraction (paraplan/frameworks.py); Tables 2 and 4 and the
-# PP rows of Table 6 are out of sample.
+# Tables 1 and 3 calibrate torchtitan's fragmentation fraction (paraplan/frameworks.py); Tables 2, 4, 5 and 6 are
+# out of sample. PP rows: torchtitan (9dec370, Dec 2024) parallelisms/pipelining_utils.py build_pipeline_schedule
+# uses n_microbatches = pipeline_parallel_degree (8) when unset -> Table 5 local batch 32 = 8 x 4, Table 6 local
+# batch 8 = 8 x 1 (32768 tokens per micro-batch per GPU in every PP row); generate_split_points gives the first
+# stage base = 126 // stages layers, the middle stages one more while the remainder lasts, the last the rest.
+TT_SPLIT_405B = (15,) + (16,) * 6 + (15,)
+TT_SPLIT_405B_V2 = (7,) + (8,) * 14 + (7,)
 TT_CASES = {
     # id: (model, job, strategy, measured GiB)
     "t1_fsdp8": (LLAMA_8B, JobSpec(16, 8192, "bf16", "torchtitan"),
@@ -185,22 +190,40 @@ TT_CASES = {
                Strategy(dp=1, cp=8, zero=3, recompute="full"), 84.5),
     "t4_2d_asynctp": (LLAMA_70B, JobSpec(512, 8192, "fp8", "torchtitan"),
                       Strategy(dp=32, tp=8, micro_batch=16, zero=3, recompute="full", sequence_parallel=True), 67.6),
-    "t6_405b_cp1": (LLAMA_405B, JobSpec(64, 32768, "fp8", "torchtitan"),
-                    Strategy(dp=8, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True), 75.3),
-    "t6_405b_cp2": (LLAMA_405B, JobSpec(32, 65536, "fp8", "torchtitan"),
-                    Strategy(dp=4, cp=2, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True), 75.9),
-}
-# Known misses, kept visible: 70B 2D without AsyncTP (pred 67.7 vs 71.9, -5.9 %: vanilla TP holds ~4 GiB more
-# than AsyncTP for reasons we do not model); 405B PP rows where our torchtitan-PP accounting is too low.
-TT_KNOWN_MISSES = {
+    # Vanilla TP measures 4.3 GiB more than AsyncTP; we model neither difference (both within the rule).
     "t4_2d": (LLAMA_70B, JobSpec(512, 8192, "fp8", "torchtitan"),
               Strategy(dp=32, tp=8, micro_batch=16, zero=3, recompute="full", sequence_parallel=True), 71.9),
-    "t6_405b_cp8": (LLAMA_405B, JobSpec(8, 262144, "fp8", "torchtitan"),
-                    Strategy(dp=1, cp=8, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True), 84.9),
-    "t5_405b_1f1b": (LLAMA_405B, JobSpec(256, 8192, "fp8", "torchtitan"),
-                     Strategy(dp=8, tp=8, pp=8, micro_batch=4, zero=3, recompute="full", sequence_parallel=True),
-                     82.5),
+    "t6_405b_cp1": (LLAMA_405B, JobSpec(64, 32768, "fp8", "torchtitan"),
+                    Strategy(dp=8, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True,
+                             layers_per_stage=TT_SPLIT_405B), 75.3),
+    "t6_405b_cp2": (LLAMA_405B, JobSpec(32, 65536, "fp8", "torchtitan"),
+                    Strategy(dp=4, cp=2, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True,
+                             layers_per_stage=TT_SPLIT_405B), 75.9),
+    "t6_405b_cp4": (LLAMA_405B, JobSpec(16, 131072, "fp8", "torchtitan"),
+                    Strategy(dp=2, cp=4, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True,
+                             layers_per_stage=TT_SPLIT_405B), 77.1),
 }
+# Known misses, kept visible (see each reason). The 405B PP rows all hold 32768 tokens per micro-batch, 8
+# micro-batches and the same states, so any token-based model gives T5 1F1B (82.5) and T6 CP1 (75.3) nearly the
+# same figure; ours (77.3, last stage: states + all 8 micro-batches' fp32 logits kept by pipelining's
+# output_chunks) is central. T6 CP8 grows 7.8 GiB over CP4; the all-gathered K/V we model grows 1 GiB.
+TT_KNOWN_MISSES = {
+    # pred 77.3 vs 82.5 (-6.3 %): 7.2 GiB above T6 CP1 with the same tokens per micro-batch; not explained.
+    "t5_405b_1f1b": (LLAMA_405B, JobSpec(256, 8192, "fp8", "torchtitan"),
+                     Strategy(dp=8, tp=8, pp=8, micro_batch=4, zero=3, recompute="full", sequence_parallel=True,
+                              layers_per_stage=TT_SPLIT_405B), 82.5),
+    # pred 77.3 vs 84.9 (-9.0 %): the jump from CP4 to CP8 is not explained by any CP buffer we know of.
+    "t6_405b_cp8": (LLAMA_405B, JobSpec(8, 262144, "fp8", "torchtitan"),
+                    Strategy(dp=1, cp=8, tp=8, pp=8, zero=3, recompute="full", sequence_parallel=True,
+                             layers_per_stage=TT_SPLIT_405B), 84.9),
+    # OVER-prediction, pred 86.8 vs 72.7 (+19 %): the real interleaved run does not hold stage 7's 8 micro-batches,
+    # the kept logits and all fp32 grads at once as our per-rank sum assumes (timing of the FSDP grad buffers).
+    "t5_405b_interleaved": (LLAMA_405B, JobSpec(256, 8192, "fp8", "torchtitan"),
+                            Strategy(dp=8, tp=8, pp=8, vpp=2, micro_batch=4, zero=3, recompute="full",
+                                     sequence_parallel=True, layers_per_stage=TT_SPLIT_405B_V2), 72.7),
+}
+# Regression guard on the under-predicted misses: never further below than today.
+TT_MISS_FLOORS = {"t5_405b_1f1b": 0.93, "t6_405b_cp8": 0.90}
 
 
 @pytest.mark.parametrize("case", list(TT_CASES))
@@ -216,6 +239,44 @@ def test_torchtitan_known_misses(case):
     model, job, strategy, measured = TT_KNOWN_MISSES[case]
     pred = M.memory_per_gpu(model, job, strategy, H100_96).total_gib
     assert within_published(pred, measured)
+
+
+@pytest.mark.parametrize("case", list(TT_MISS_FLOORS))
+def test_torchtitan_known_misses_do_not_get_worse(case):
+    model, job, strategy, measured = TT_KNOWN_MISSES[case]
+    pred = M.memory_per_gpu(model, job, strategy, H100_96).total_gib
+    assert pred >= TT_MISS_FLOORS[case] * measured
+
+
+def test_torchtitan_pp_last_stage_keeps_all_microbatch_logits():
+    # pipelining/stage.py forward_one_chunk appends every micro-batch's output to output_chunks: the last rank
+    # holds m x tokens x V/t x 4 B (fp32 logits); doubling m (same micro-batch) adds exactly m more of them.
+    model, job, strategy, _ = TT_CASES["t6_405b_cp1"]
+    last = lambda j: M.memory_by_rank(model, j, strategy, H100_96)[-1].activations_gib
+    a, b = last(job), last(JobSpec(2 * job.global_batch, job.seq_len, job.precision, job.framework))
+    logits = job.seq_len * model.vocab / strategy.tp * 4
+    recv = job.seq_len * 2 * model.hidden / strategy.tp           # one more activation receive buffer per mb
+    assert (b - a) * GIB == pytest.approx(8 * (logits + recv), rel=1e-9)
+
+
+def test_torchtitan_fp8_all_gather_halves_unsharded_linear_weights():
+    model, job, strategy, _ = TT_CASES["t6_405b_cp1"]
+    fp8 = M.memory_by_rank(model, job, strategy, H100_96)[3].weights_gib
+    bf16 = M.memory_by_rank(model, JobSpec(job.global_batch, job.seq_len, "bf16", "torchtitan"), strategy,
+                            H100_96)[3].weights_gib
+    linear = 16 * (model.layer_params(0) - model.norm_params_per_layer()) / strategy.tp
+    assert (bf16 - fp8) * GIB == pytest.approx(linear, rel=1e-9)
+
+
+def test_torchtitan_cp_all_gathered_kv_grows_with_cp():
+    # rank 0 (no LM head): transient grows by (cp - 1) x tokens x 2 (K, V repeated to q width) x q/t x 2 B.
+    model = LLAMA_405B
+    def rank0(cp):
+        job = JobSpec(8 * cp, 32768 * cp, "fp8", "torchtitan")
+        s = Strategy(dp=8 // cp, cp=cp, tp=8, pp=8, zero=3, recompute="full", layers_per_stage=TT_SPLIT_405B)
+        return M.memory_by_rank(model, job, s, H100_96)[0].transient_gib
+    per_chunk = 32768 * 2 * 2 * model.q_dim / 8
+    assert (rank0(8) - rank0(1)) * GIB == pytest.approx(7 * per_chunk, rel=1e-9)
 
 
 def test_torchtitan_fsdp_degree_difference():
@@ -306,3 +367,35 @@ def test_capacity_uses_headroom():
 def test_framework_flash_defaults():
     assert not conventions_for("megatron-deepspeed").flash_attention
     assert all(conventions_for(f).flash_attention for f in ("megatron-lm", "nemo", "torchtitan", "maxtext"))
+
+
+# ---- property: peak memory never decreases as the work per GPU grows ------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_PROP_STRATEGIES = [
+    Strategy(dp=8, zero=3, recompute="selective"),
+    Strategy(dp=2, tp=2, pp=2, zero=1, recompute="none", sequence_parallel=True),
+    Strategy(dp=2, tp=2, pp=2, vpp=2, zero=3, recompute="full"),
+    Strategy(dp=2, cp=2, tp=2, zero=3, recompute="full"),
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(framework=st.sampled_from(FRAMEWORKS), idx=st.integers(0, len(_PROP_STRATEGIES) - 1),
+       mb=st.integers(1, 4), seq_pow=st.integers(10, 14), layers=st.integers(8, 40),
+       which=st.sampled_from(["micro_batch", "seq_len", "layers"]), precision=st.sampled_from(["bf16", "fp8"]))
+def test_peak_memory_monotone_in_work(framework, idx, mb, seq_pow, layers, which, precision):
+    strategy = _PROP_STRATEGIES[idx].with_(micro_batch=mb)
+    seq = 2 ** seq_pow
+    model = LLAMA_8B.with_(layers=layers)
+    gb = 64 * mb
+    base = M.memory_per_gpu(model, JobSpec(gb, seq, precision, framework), strategy, H100_96).total_gib
+    if which == "micro_batch":     # same number of micro-batches, each one sequence larger
+        bigger = M.memory_per_gpu(model, JobSpec(gb + gb // mb, seq, precision, framework),
+                                  strategy.with_(micro_batch=mb + 1), H100_96).total_gib
+    elif which == "seq_len":
+        bigger = M.memory_per_gpu(model, JobSpec(gb, 2 * seq, precision, framework), strategy, H100_96).total_gib
+    else:
+        bigger = M.memory_per_gpu(model.with_(layers=layers + 2), JobSpec(gb, seq, precision, framework), strategy,
+                                  H100_96).total_gib
+    assert bigger >= base - 1e-9

@@ -6,26 +6,38 @@ from pathlib import Path
 
 from paraplan.errors import ParaplanError
 from paraplan.estimate import estimate
-from paraplan.frameworks import defaults_for
+from paraplan.frameworks import strategy_defaults
 from paraplan.specs import JobSpec, Plan, Strategy
+from paraplan.specs.strategy import ALIASES
 from paraplan.specs.loaders import load_cluster, load_model
 from paraplan.validate.runs import read_rows
-from paraplan.validate.score import RowResult, predict_rows, row_group
+from paraplan.validate.score import RowResult, measured_time, predict_rows, row_group
 
 
 def estimate_strategy(model: str, cluster: str, strategy: str, global_batch: int, seq_len: int,
                       precision: str = "bf16", framework: str = "megatron-lm", num_gpus: int | None = None) -> Plan:
     """Estimate one strategy given as text ("tp=8,pp=4,dp=2,mbs=1,..."). The cluster is sized to the strategy's
     world size unless `num_gpus` or a `NAME:GPUS` cluster says otherwise."""
-    defaults = defaults_for(framework)
-    strat = Strategy.parse(strategy, overlap_grad_reduce=defaults["overlap_grad_reduce"],
-                           overlap_param_gather=defaults["overlap_param_gather"])
+    strat, assumed = parse_strategy(strategy, framework, precision)
     model_spec = load_model(model)
     if num_gpus is None and ":" not in cluster and not Path(cluster).is_file():
         num_gpus = strat.world_size
     cluster_spec = load_cluster(cluster, num_gpus)
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision, framework=framework)
-    return estimate(model_spec, cluster_spec, job, strat)
+    return estimate(model_spec, cluster_spec, job, strat, assumptions=assumed)
+
+
+def parse_strategy(text: str, framework: str, precision: str = "bf16") -> tuple[Strategy, list[str]]:
+    """Strategy from "key=value,..." text; keys left out take the framework's defaults (as for an empty field in a
+    measured-runs CSV), and each default taken is reported."""
+    given = {ALIASES.get(k.strip(), k.strip()) for k in (item.split("=", 1)[0] for item in text.split(",") if item.strip())}
+    base = Strategy.parse(text)
+    defaults = strategy_defaults(framework, base.tp, precision,
+                                 base.sequence_parallel if "sequence_parallel" in given else None)
+    fill = {k: v for k, v in defaults.items() if k not in given}
+    assumed = [f"{k}={str(v).lower()} ({framework} default)" for k, v in fill.items()
+               if k in ("zero", "recompute", "sequence_parallel") or (k == "tp_comm_overlap" and v)]
+    return base.with_(**fill), assumed
 
 
 def estimate_runs(path: str | Path) -> list[RowResult]:
@@ -42,7 +54,7 @@ def _estimate_row(row: dict) -> RowResult:
     try:
         result = predict_rows([row])[0]
     except Exception as exc:  # noqa: BLE001 - a library bug on odd input must not crash the other rows
-        return RowResult(rid, row_group(rid), _measured(row), None,
+        return RowResult(rid, row_group(rid), measured_time(row), None,
                          error=f"cannot model this row ({type(exc).__name__}: {' '.join(str(exc).split())})")
     for name in ("predicted_s", "memory_gib"):
         value = getattr(result, name)
@@ -51,14 +63,6 @@ def _estimate_row(row: dict) -> RowResult:
                              error=f"prediction is not a finite number ({name.removesuffix('_s')}={value}); "
                                    "check the row's numbers", assumptions=result.assumptions)
     return result
-
-
-def _measured(row: dict) -> float | None:
-    try:
-        value = float(str(row.get("measured_iter_time_s") or "").strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
 
 
 def run_result_dict(r: RowResult) -> dict:

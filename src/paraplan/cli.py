@@ -112,6 +112,8 @@ def estimate(
 def _print_plan(plan) -> None:
     t, mem = plan.time, plan.memory
     console.print(f"[bold]{plan.strategy.describe()}[/bold]")
+    if plan.assumptions:
+        console.print("[dim]assumed: " + "; ".join(plan.assumptions) + "[/dim]")
     table = Table("part", "seconds", "share")
     total = plan.iteration_time_s
     rows = [("compute (fwd+bwd)", t.compute_s - t.recompute_s), ("recompute", t.recompute_s)]

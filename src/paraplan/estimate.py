@@ -10,10 +10,12 @@ from paraplan.cost import comm, compute, memory
 from paraplan.cost.calibration import Calibration, calibration_for
 from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param
 from paraplan.sim.engine import PipelineCosts, simulate_pipeline
+from paraplan.errors import ParaplanError
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import TimeBreakdown
 from paraplan.specs.strategy import check
 
+MAX_MICROBATCHES = 16_384            # event simulation cost grows with m; real jobs use tens to hundreds
 MEGATRON_BUCKET_PARAMS = 40_000_000   # Megatron DDP bucket: max(40M, 1M * dp) parameters (distributed.py)
 
 
@@ -170,6 +172,9 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     g = cluster.primary
     cal = calibration or calibration_for(gpu.name, job.framework)
     m = job.global_batch // (s.dp * s.micro_batch)         # micro-batches per iteration per pipeline
+    if m > MAX_MICROBATCHES:
+        raise ParaplanError(f"global batch {job.global_batch} gives {m} micro-batches per pipeline (dp={s.dp}, "
+                            f"micro_batch={s.micro_batch}); at most {MAX_MICROBATCHES} are simulated")
     schedule = "interleaved" if s.vpp > 1 else ("gpipe" if s.schedule == "gpipe" else "1f1b")
 
     # entry r*vpp + c: the layers of chunk c on pipeline rank r (virtual stage r + c*pp)

@@ -2,7 +2,7 @@
 not say, what the engine stores in memory and in which dtype, and how it reduces gradients.
 
 Strategy defaults: Megatron-LM arguments.py and NeMo recipes (SP on with TP, distributed optimizer, overlap flags
-on); vTrain's Megatron-DeepSpeed setup (no gradient bucketing: the DP all-reduce runs after the last backward);
+on; NeMo's performance recipes also turn on TP communication overlap with TP); vTrain's Megatron-DeepSpeed setup (no gradient bucketing: the DP all-reduce runs after the last backward);
 torchtitan's llama3 configs (FSDP2 = ZeRO-3, selective AC default). Memory conventions: see each entry; the two
 torchtitan fudge numbers are calibrated on the torchtitan Llama 3.1 8B benchmark (Tables 1 and 3 of
 benchmarks/llama3_h100_202412_torchtitan.md) and checked out of sample on its Tables 2 and 4 (tests/test_memory.py).
@@ -15,7 +15,7 @@ FRAMEWORK_DEFAULTS: dict[str, dict] = {
     "megatron-lm": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
                     "overlap_param_gather": True, "tp_comm_overlap": False},
     "nemo": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
-             "overlap_param_gather": True, "tp_comm_overlap": False},
+             "overlap_param_gather": True, "tp_comm_overlap": True},
     "megatron-deepspeed": {"sequence_parallel": False, "zero": 0, "recompute": "full", "overlap_grad_reduce": False,
                            "overlap_param_gather": False, "tp_comm_overlap": False},
     "deepspeed": {"sequence_parallel": False, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
@@ -33,6 +33,17 @@ def defaults_for(framework: str) -> dict:
     return dict(FRAMEWORK_DEFAULTS.get(framework, FRAMEWORK_DEFAULTS["other"]))
 
 
+def strategy_defaults(framework: str, tp: int, precision: str, sequence_parallel: bool | None = None) -> dict:
+    """Strategy fields a run leaves unsaid, as the framework sets them for this TP degree and precision:
+    sequence parallelism only with TP; TP communication overlap (Transformer Engine userbuffers) only with SP and
+    outside fp16, which in Megatron-family runs means the pre-TE code that had no such overlap."""
+    d = defaults_for(framework)
+    sp = d["sequence_parallel"] and tp > 1 if sequence_parallel is None else sequence_parallel
+    return {"sequence_parallel": sp, "zero": d["zero"], "recompute": d["recompute"],
+            "overlap_grad_reduce": d["overlap_grad_reduce"], "overlap_param_gather": d["overlap_param_gather"],
+            "tp_comm_overlap": d["tp_comm_overlap"] and sp and tp > 1 and precision != "fp16"}
+
+
 MEGATRON_FAMILY = ("megatron-lm", "nemo", "megatron-deepspeed", "deepspeed", "other")
 
 
@@ -48,6 +59,14 @@ class MemoryConventions:
     always_sp_with_tp: bool       # engine shards norm/residual activations over TP whenever tp > 1
     overhead_fixed_gib: float     # CUDA context + NCCL/communicator buffers + library workspaces
     overhead_fraction: float      # allocator fragmentation, as a fraction of activations + transients
+    # torchtitan-style mechanisms (defaults keep the Megatron-family accounting unchanged):
+    output_logit_bytes: float = 2.0       # dtype of the model output (logits) a pipeline may keep
+    dtensor_tp_gathered_inputs: bool = False  # SP->TP redistribute outside the Linear: column-parallel
+    #                                           GEMMs save the all-gathered (full-sequence) input
+    repeat_kv: bool = False               # GQA K/V expanded to all query heads before attention (saved q-wide)
+    fp8_param_all_gather: bool = False    # FSDP all-gathers Float8Linear weights in fp8 (unsharded = 1 B/param)
+    cp_all_gather_kv: bool = False        # context parallel all-gathers K/V over the CP group per layer
+    torch_pipelining: bool = False        # PP via torch.distributed.pipelining (stage.py conventions)
 
 
 # Megatron-LM / NeMo (perf_models.md 3.5.2): bf16 params 2 + fp32 main grads 4 + fp32 master 4 + Adam 8.
@@ -79,9 +98,16 @@ FRAMEWORK_MEMORY: dict[str, MemoryConventions] = {
     # With TP the DTensor loss_parallel log_softmax materialises shifted/exp temporaries: 16 B/logit (derived
     # from torch/distributed/tensor/parallel/loss.py; less sure). Fudge: peak *reserved* memory is what
     # torchtitan prints; reserved/allocated ~1.18 on Llama 3.1 8B (calibrated, see module docstring).
+    # Mechanisms (sources in paraplan/cost/memory.py): llama3 model.py returns self.output(h).float() (fp32
+    # logits) and calls repeat_kv before SDPA; parallelize.py apply_tp redistributes Shard(1) -> Replicate in
+    # PrepareModuleInput / ColwiseParallel(input_layouts=Shard(1)) so the gathered input is what the Linear
+    # saves; the llama3 train configs set float8.enable_fsdp_float8_all_gather; context parallel is
+    # torch.distributed.tensor.experimental context_parallel (all-gather K/V); PP is torch.distributed.pipelining.
     "torchtitan": MemoryConventions(flash_attention=True, fused_swiglu=False, selective_style="torchtitan-op",
                                     param_bytes=4, grad_bytes=4, optimizer_bytes=8, ce_bytes_per_logit=12,
-                                    always_sp_with_tp=True, overhead_fixed_gib=1.0, overhead_fraction=0.18),
+                                    always_sp_with_tp=True, overhead_fixed_gib=1.0, overhead_fraction=0.18,
+                                    output_logit_bytes=4.0, dtensor_tp_gathered_inputs=True, repeat_kv=True,
+                                    fp8_param_all_gather=True, cp_all_gather_kv=True, torch_pipelining=True),
     # MaxText (JAX): weight_dtype float32 by default, fp32 grads and Adam moments -> 16 B/param; XLA plans
     # buffers statically, so little fragmentation; fused (XLA) CE ~ bf16 logits + fp32 softmax.
     "maxtext": MemoryConventions(flash_attention=True, fused_swiglu=True, selective_style="megatron",

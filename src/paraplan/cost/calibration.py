@@ -15,6 +15,7 @@ import yaml
 @dataclass(frozen=True)
 class Calibration:
     # --- hardware (per GPU type) ---
+    clock_scale: float = 1.0               # sustained clock vs the datasheet's (power-capped parts run slower)
     gemm_efficiency: float = 0.80          # fraction of dense peak a large, well-shaped GEMM reaches (MAMF-like)
     gemm_k_half: float = 96.0              # K at which the GEMM main loop reaches half its efficiency (prologue cost)
     fp8_gemm_speedup: float = 1.6          # fp8 over bf16 on large GEMMs (not the 2x of the datasheet: casts, scaling)
@@ -30,6 +31,7 @@ class Calibration:
     comm_half_size_bytes: float = 11e6     # message size at which a collective reaches half its peak bandwidth: vTrain's
                                            # A100 LUT (20 GB/s @1 MB, 126 @16 MB, 202 @64 MB vs 235 peak) gives 10-14 MB
     collective_latency_s: float = 15e-6    # fixed cost of one collective within a node
+    intra_hop_latency_s: float = 0.0       # one NVLink hop of a ring step beyond what comm_half_size_bytes covers
     inter_node_latency_s: float = 8e-6     # one network hop of a collective step (NCCL NET latency: LL128 4 us,
                                            # Simple 14 us, tuning.cc)
     nvls_speedup: float = 1.25             # NVLink SHARP all-reduce over ring on NVSwitch systems (473 vs 370 GB/s)

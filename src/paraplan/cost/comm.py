@@ -78,18 +78,20 @@ def collective_time(op: str, nbytes: float, group: Group, intra: LinkSpec, inter
 
 
 def collective_latency(op: str, group: Group, cal: Calibration) -> float:
-    """Fixed cost of a collective. Within a node it is folded into the size-dependent bandwidth (S_half); across
-    k nodes NCCL's ring pays one network hop per node boundary per step (tuning.cc: nInterSteps = k - 1 for
-    all-gather / reduce-scatter, 2(k - 1) for a ring all-reduce), while all-reduce can take a tree with
-    2 log2(k) network hops. Rings over thousands of ranks are latency-bound for this reason."""
-    k = group.nodes
-    if k <= 1:
-        return cal.collective_latency_s
-    if op == "all_reduce":
-        hops = min(2 * (k - 1), 2 * math.ceil(math.log2(k)))
-    else:
-        hops = k - 1
-    return cal.collective_latency_s + hops * cal.inter_node_latency_s
+    """Fixed cost of a collective, NCCL-style (tuning.cc): a base cost plus one hop latency per ring step, the
+    steps that cross nodes paying the network hop (nInterSteps = k - 1 for all-gather / reduce-scatter /
+    all-to-all, 2(k - 1) for a ring all-reduce of 2(n - 1) steps). Across nodes an all-reduce may instead take a
+    tree with 2 log2(k) network hops. Rings over thousands of ranks are latency-bound for this reason."""
+    n, k = group.size, group.nodes
+    steps = 2 * (n - 1) if op == "all_reduce" else n - 1
+    inter_steps = 2 * (k - 1) if op == "all_reduce" else k - 1
+    ring = (cal.collective_latency_s + (steps - inter_steps) * cal.intra_hop_latency_s
+            + inter_steps * cal.inter_node_latency_s)
+    if op == "all_reduce" and k > 1:
+        tree = (cal.collective_latency_s + 2 * (group.ranks_per_node - 1) * cal.intra_hop_latency_s
+                + 2 * math.ceil(math.log2(k)) * cal.inter_node_latency_s)
+        return min(ring, tree)
+    return ring
 
 
 def p2p_time(nbytes: float, crosses_nodes: bool, intra: LinkSpec, inter: LinkSpec, cal: Calibration) -> float:

@@ -76,7 +76,7 @@ def gemm_time(m: int, n: int, k: int, gpu: GPUSpec, cal: Calibration, precision:
     if m <= 0 or n <= 0 or k <= 0:
         return 0.0
     flops = 2.0 * m * n * k * batch
-    peak = gpu.peak("bf16") * 1e12
+    peak = gpu.peak("bf16") * 1e12 * cal.clock_scale
     if precision == "fp8":
         peak *= cal.fp8_gemm_speedup
     eff = cal.gemm_efficiency * tile_efficiency(m, n, batch, gpu.sm_count) * k / (k + cal.gemm_k_half)
@@ -93,7 +93,7 @@ def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration,
     eff = cal.attention_efficiency * cal.attention_kernel_scale * seq / (seq + cal.attention_seq_half)
     if backward:
         flops *= cal.attention_backward_ratio
-    return max(flops / (gpu.peak("bf16") * 1e12 * eff), cal.kernel_floor_s)
+    return max(flops / (gpu.peak("bf16") * 1e12 * cal.clock_scale * eff), cal.kernel_floor_s)
 
 
 def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: bool = False,

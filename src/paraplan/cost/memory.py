@@ -23,6 +23,10 @@ MoE layer (state the formula): the MLP is replaced by router fp32 logits + proba
   shared expert's intermediates/t. Tokens per expert are assumed balanced (dropless, force-balanced routing).
 CP divides the tokens (s/cp per GPU); the score term uses the local key length s/cp as well.
 fp8: activations are counted in bf16 (TE keeps fp8 copies of some GEMM inputs, so this is conservative).
+torchtitan (MemoryConventions flags, frameworks.py): GEMM inputs all-gathered by DTensor SP->TP are saved full-
+  sequence (QKV, fc1, LM head); repeat_kv makes saved K/V q-wide; FSDP fp8 all-gather keeps unsharded Float8Linear
+  weights at 1 B; CP all-gathers K/V per layer; PP via torch.distributed.pipelining keeps the whole stage unsharded
+  with fp32 accumulated grads, per-micro-batch receive buffers and every micro-batch's last-stage output.
 """
 from __future__ import annotations
 
@@ -76,14 +80,18 @@ def _layer_parts(model, job, strategy, moe_layer, flash, dropout):
     h, a, t = model.hidden, model.heads, strategy.tp
     tsp, tkv = _sp_div(strategy, conv), _kv_div(model, t)
     q, k, v, o = _widths(model)
+    if conv.repeat_kv and not model.mla:   # torchtitan repeat_kv: SDPA saves K and V expanded to all heads
+        k = v = q
+        tkv = t
+    tgi = 1 if (conv.dtensor_tp_gathered_inputs and t > 1) else tsp    # column-parallel GEMM inputs
     s_keys = job.seq_len / strategy.cp
     mask = 1.0 if dropout else 0.0
-    attn = 2 * h / tsp + 2 * h / tsp + 2 * q / t + 2 * k / tkv + 2 * v / tkv + 2 * o / t + mask * h / tsp
+    attn = 2 * h / tsp + 2 * h / tgi + 2 * q / t + 2 * k / tkv + 2 * v / tkv + 2 * o / t + mask * h / tsp
     if flash:
         core = 4 * a / t                    # FlashAttention keeps only the fp32 log-sum-exp (a per token)
     else:                                   # softmax output 2as (+ dropout mask as + dropout output 2as)
         core = (2 + 3 * mask) * a * s_keys / t
-    mlp = 2 * h / tsp + 2 * h / tsp + mask * h / tsp
+    mlp = 2 * h / tsp + 2 * h / tgi + mask * h / tsp
     if moe_layer and model.moe:
         me = model.moe
         mlp += 8 * me.num_experts / tsp     # router logits + probabilities in fp32
@@ -277,43 +285,86 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
     we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert)
     per = {False: _per_token(model, job, s, False, flash, drop), True: _per_token(model, job, s, True, flash, drop)}
     layers = rank_layers(model, s)
+    m = num_microbatches(job, s)
+    torch_pp = conv.torch_pipelining and s.pp > 1
+    fp8_gather = job.precision == "fp8" and conv.fp8_param_all_gather
+    boundary = tokens * 2 * model.hidden / tsp          # one micro-batch's stage input/output (bf16)
+    cp_kv = 0.0
+    if conv.cp_all_gather_kv and s.cp > 1:
+        # torch context_parallel (_attention.py, all-gather rotater): each layer's attention (and its backward,
+        # after recompute) holds K and V of all cp ranks, (cp - 1) chunks beyond the local ones (bf16).
+        _, k, v, _ = _widths(model)
+        kw = (k + v) / _kv_div(model, s.tp)
+        if conv.repeat_kv and not model.mla:
+            kw = 2 * model.q_dim / s.tp
+        cp_kv = (s.cp - 1) * tokens * 2 * kw
     out = []
     for r, (pdense, pexp) in enumerate(params_by_rank(model, s)):
         weights = pdense * wd + pexp * we
         grads = pdense * gd + pexp * ge
         optim = pdense * od + pexp * oe
         local = [layer_params_on_gpu(model, s, i) for i in layers[r]]
+        norms = model.norm_params_per_layer()
         biggest_layer = max((d + e for d, e in local), default=0.0)
+        big_linear = max((d - norms for d, e in local), default=0.0) if fp8_gather else 0.0
         transient = 0.0
         if s.zero >= 3:
-            # FSDP/ZeRO-3: ~2 layers of gathered bf16 params (current + prefetch) and one layer's unsharded
-            # grads in bf16 plus the fp32 reduce-scatter copy (perf_models.md 3.5.3).
-            transient += biggest_layer * (2 * 2 + 2 + 4)
-            if job.framework == "torchtitan" and s.pp > 1:
-                # torchtitan sets reshard_after_forward=False with PP and accumulates unsharded fp32 grads over
-                # micro-batches (FSDP2 to_accumulated_grad_if_needed): the whole stage, resident.
-                weights += (pdense + pexp) * 2
+            # Gathered weights: bf16, except Float8Linear weights all-gathered in fp8 (torchao
+            # WeightWithDynamicFloat8CastTensor.fsdp_post_all_gather returns the fp8 tensor: 1 B/param).
+            if torch_pp:
+                # torchtitan parallelize.py apply_fsdp: reshard_after_forward=False under PP, and
+                # pipelining/stage.py backward_maybe_with_nosync turns off gradient sync until the last backward,
+                # so FSDP2 keeps the whole stage unsharded and accumulates unsharded fp32 grads
+                # (FSDPParam.to_accumulated_grad_if_needed): resident, not transient.
+                rank_linear = sum(d - norms for d, e in local) if fp8_gather else 0.0
+                weights += (pdense + pexp) * 2 - rank_linear
                 grads += (pdense + pexp) * 4
+                transient += biggest_layer * (2 + 4)    # bf16 grad before accumulation + fp32 reduce-scatter copy
+            else:
+                # FSDP/ZeRO-3: ~2 layers of gathered params (current + prefetch) and one layer's unsharded
+                # grads in bf16 plus the fp32 reduce-scatter copy (perf_models.md 3.5.3).
+                transient += 2 * (biggest_layer * 2 - big_linear) + biggest_layer * (2 + 4)
         if job.precision == "fp8":
             if s.zero >= 3:
-                transient += biggest_layer * 2          # fp8 casts of the gathered layers
+                # fp8 casts of the gathered layer (bf16 gather) or its transposed fp8 copy (fp8 gather)
+                transient += biggest_layer * (1 if fp8_gather else 2)
             else:
                 weights += pdense + pexp               # TE fp8 weight copy, +1 B/param (simplification)
         # stored activations: inflight chunks x (layers of this rank / vpp) per chunk
         per_rank_tokens = sum(per[model.is_moe_layer(i)][0] for i in layers[r]) / s.vpp
         act = inflight[r] * per_rank_tokens * tokens
         mb_inflight = -(-inflight[r] // s.vpp)          # whole micro-batches touching the first/last chunk
+        if torch_pp:
+            # pipelining/stage.py _prepare_forward_infra / _prepare_backward_infra: every (virtual) stage
+            # preallocates one activation receive buffer (non-first stages) and one gradient receive buffer
+            # (non-last stages) per micro-batch, kept across steps. The in-flight receive buffers are the first
+            # layer's saved input, already counted above.
+            n_stages = s.pp * s.vpp
+            recv_mbs = sum((m - min(m, mb_inflight) if r + c * s.pp > 0 else 0)
+                           + (m if r + c * s.pp < n_stages - 1 else 0) for c in range(s.vpp))
+            # forward_one_chunk also keeps each in-flight micro-batch's stage output in fwd_cache until its
+            # backward (with full recompute the last layer's output is otherwise not saved).
+            sends = sum(1 for c in range(s.vpp) if r + c * s.pp < n_stages - 1)
+            act += (recv_mbs + sends * mb_inflight) * boundary
         if r == 0:                                       # token ids (int64) + embedding dropout mask
             act += mb_inflight * tokens * (8 + (model.hidden / tsp if drop else 0))
-        work = max((per[model.is_moe_layer(i)][1] for i in layers[r]), default=0.0) * tokens
+        work = max((per[model.is_moe_layer(i)][1] for i in layers[r]), default=0.0) * tokens + cp_kv
         if r == s.pp - 1:
             last_mb = mb_inflight if s.schedule == "gpipe" else 1
-            act += last_mb * tokens * 4 * model.hidden / tsp    # final norm input + LM-head input
+            # final-norm input (sharded with SP) + LM-head input; a DTensor ColwiseParallel output layer
+            # (torchtitan apply_tp: input_layouts=Shard(1)) saves the all-gathered full-sequence input.
+            head_in = 2 * model.hidden / (1 if (conv.dtensor_tp_gathered_inputs and s.tp > 1) else tsp)
+            act += last_mb * tokens * (2 * model.hidden / tsp + head_in)
             ce = conv.ce_bytes_per_logit
             if job.framework == "torchtitan" and s.tp > 1:
                 ce = 16                                 # DTensor loss_parallel temporaries (frameworks.py)
             logits = tokens * model.vocab / s.tp * ce   # vocab-parallel logits + cross-entropy, fp32
             work = max(work, logits)
+            if torch_pp:
+                # pipelining/stage.py forward_one_chunk: the last stage appends every micro-batch's output to
+                # output_chunks (merged and returned by schedule.step, cleared at the next step), so all m
+                # micro-batches' logits (fp32 in torchtitan) stay resident through the step.
+                act += m * tokens * model.vocab / s.tp * conv.output_logit_bytes
         transient += work
         act_gib, trans_gib = act / GIB, transient / GIB
         out.append(MemoryBreakdown(

@@ -472,7 +472,7 @@ def _model_from_hf_config(cfg: dict, name: str, where: str) -> ModelSpec:
         cfg = text
         where = f"{where} (text_config)"
     model_type = cfg.get("model_type")
-    family = _HF_FAMILY.get(model_type)
+    family = _HF_FAMILY.get(model_type) if isinstance(model_type, str) else None
     if family is None:
         supported = sorted(k for k in _HF_FAMILY)
         raise ParaplanError(f"{where}: unsupported model_type {model_type!r}; supported: {', '.join(supported)} "

@@ -3,11 +3,12 @@ framework's defaults and saying so."""
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from paraplan.errors import ParaplanError
-from paraplan.frameworks import defaults_for
+from paraplan.frameworks import strategy_defaults
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, MoESpec, Strategy
 from paraplan.specs.job import FRAMEWORKS
 from paraplan.specs.loaders import cluster_from_links
@@ -56,7 +57,7 @@ def _int(row: dict, key: str, default: int | None = None) -> int:
         return default
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} is not an integer") from None
     if value <= 0 or value != float(raw):
         raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be a positive integer")
@@ -68,9 +69,12 @@ def _float(row: dict, key: str) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be a positive finite number")
+    return value
 
 
 def _bool(row: dict, key: str) -> bool | None:
@@ -106,7 +110,6 @@ def case_from_row(row: dict) -> RunCase:
     framework = (row.get("framework") or "").strip() or "other"
     if framework not in FRAMEWORKS:
         raise ParaplanError(f"row {rid!r}: framework {framework!r} unknown; allowed: {', '.join(FRAMEWORKS)}")
-    defaults = defaults_for(framework)
     gated = _bool(row, "gated_mlp")
     if gated is None:
         gated = False
@@ -140,32 +143,40 @@ def case_from_row(row: dict) -> RunCase:
     values["vpp"] = _int(row, "vpp") if vpp else 1
     if not vpp:
         assumed.append("vpp=1")
-    sp = _bool(row, "sequence_parallel")
-    if sp is None:
-        sp = defaults["sequence_parallel"] and values["tp"] > 1
+    given_sp = _bool(row, "sequence_parallel")
+    filled = strategy_defaults(framework, values["tp"], precision, given_sp)
+    sp = filled["sequence_parallel"]
+    if given_sp is None:
         assumed.append(f"sequence_parallel={str(sp).lower()} ({framework} default)")
     recompute = (row.get("recompute") or "").strip()
     if not recompute:
-        recompute = defaults["recompute"]
+        recompute = filled["recompute"]
         assumed.append(f"recompute={recompute} ({framework} default)")
     zero = (row.get("zero") or "").strip()
     if zero:
-        zero = _int(row, "zero", 0) if zero != "0" else 0
+        if zero not in ("0", "1", "2", "3", "0.0", "1.0", "2.0", "3.0"):
+            raise ParaplanError(f"row {rid!r}: column zero={zero!r} must be 0, 1, 2 or 3")
+        zero = int(float(zero))
     else:
-        zero = defaults["zero"]
+        zero = filled["zero"]
         assumed.append(f"zero={zero} ({framework} default)")
+    if filled["tp_comm_overlap"]:
+        assumed.append(f"tp_comm_overlap=true ({framework} default)")
     stages = values["pp"] * values["vpp"]
     if model.layers % stages and model.layers >= stages:
         values["layers_per_stage"] = megatron_uneven_split(model.layers, stages)
         assumed.append(f"uneven pipeline split {values['layers_per_stage']} (embedding and loss counted as layers)")
     strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
-                        overlap_grad_reduce=defaults["overlap_grad_reduce"],
-                        overlap_param_gather=defaults["overlap_param_gather"],
-                        tp_comm_overlap=defaults["tp_comm_overlap"] and sp and values["tp"] > 1)
+                        overlap_grad_reduce=filled["overlap_grad_reduce"],
+                        overlap_param_gather=filled["overlap_param_gather"],
+                        tp_comm_overlap=filled["tp_comm_overlap"])
     num_gpus = _int(row, "num_gpus")
     if strategy.world_size != num_gpus:
         raise ParaplanError(f"row {rid!r}: tp*cp*dp*pp = {strategy.world_size} but num_gpus = {num_gpus}")
-    cluster = cluster_from_links(row["gpu"].strip(), num_gpus, _int(row, "gpus_per_node", 8),
+    gpu = (row.get("gpu") or "").strip()
+    if not gpu:
+        raise ParaplanError(f"row {rid!r}: column gpu is empty; a GPU name is required (see `paraplan presets`)")
+    cluster = cluster_from_links(gpu, num_gpus, _int(row, "gpus_per_node", 8),
                                  _float(row, "intra_node_GBps"), _float(row, "inter_node_Gbps"))
     return RunCase(id=rid, source=row.get("source", ""), model=model, cluster=cluster, job=job, strategy=strategy,
                    measured_iter_time_s=_float(row, "measured_iter_time_s"), assumptions=assumed)

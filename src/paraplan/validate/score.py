@@ -1,6 +1,7 @@
 """Predicted vs measured iteration time for every row of a measured-runs file."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,16 @@ def predict_rows(rows: list[dict], calibration_for_case=None) -> list[RowResult]
             results.append(RowResult(rid, row_group(rid), case.measured_iter_time_s, plan.iteration_time_s,
                                      plan.memory.total_gib, plan.memory.fits, None, tuple(case.assumptions)))
         except ParaplanError as exc:
-            measured = row.get("measured_iter_time_s")
-            results.append(RowResult(rid, row_group(rid), float(measured) if measured else None, None, error=str(exc)))
+            results.append(RowResult(rid, row_group(rid), measured_time(row), None, error=str(exc)))
     return results
+
+
+def measured_time(row: dict) -> float | None:
+    try:
+        value = float(row.get("measured_iter_time_s") or "nan")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def predict_file(path: str | Path) -> list[RowResult]:

@@ -1,0 +1,34 @@
+"""Framework conventions: defaults for what a run leaves unsaid."""
+from paraplan.frameworks import grad_reduce_bytes_per_param, strategy_defaults, uses_flash_attention
+from paraplan.specs import JobSpec
+
+
+def test_sequence_parallel_only_with_tensor_parallel():
+    assert strategy_defaults("nemo", 1, "bf16")["sequence_parallel"] is False
+    assert strategy_defaults("nemo", 4, "bf16")["sequence_parallel"] is True
+    assert strategy_defaults("nemo", 4, "bf16", sequence_parallel=False)["sequence_parallel"] is False
+
+
+def test_tp_comm_overlap_needs_sp_and_transformer_engine_era():
+    assert strategy_defaults("nemo", 8, "fp8")["tp_comm_overlap"] is True
+    assert strategy_defaults("nemo", 8, "fp8", sequence_parallel=False)["tp_comm_overlap"] is False
+    assert strategy_defaults("megatron-lm", 8, "fp16")["tp_comm_overlap"] is False   # pre-TE Megatron
+    assert strategy_defaults("megatron-deepspeed", 8, "fp16")["tp_comm_overlap"] is False
+
+
+def test_megatron_distributed_optimizer_and_fsdp_defaults():
+    assert strategy_defaults("megatron-lm", 1, "bf16")["zero"] == 1
+    assert strategy_defaults("torchtitan", 1, "bf16")["zero"] == 3
+    assert strategy_defaults("megatron-deepspeed", 1, "fp16")["overlap_grad_reduce"] is False   # vTrain: no buckets
+
+
+def test_flash_attention_by_era():
+    assert uses_flash_attention(JobSpec(8, 2048, "bf16", "megatron-lm"))
+    assert not uses_flash_attention(JobSpec(8, 2048, "fp16", "megatron-lm"))
+    assert not uses_flash_attention(JobSpec(8, 2048, "bf16", "megatron-deepspeed"))
+    assert uses_flash_attention(JobSpec(8, 2048, "fp16", "torchtitan"))
+
+
+def test_gradient_reduce_dtype():
+    assert grad_reduce_bytes_per_param("megatron-lm") == 4      # fp32 main grads reduced in fp32
+    assert grad_reduce_bytes_per_param("megatron-deepspeed") == 2
