@@ -9,9 +9,10 @@ def test_sequence_parallel_only_with_tensor_parallel():
     assert strategy_defaults("nemo", 4, "bf16", sequence_parallel=False)["sequence_parallel"] is False
 
 
-def test_tp_comm_overlap_needs_sp_and_transformer_engine_era():
-    assert strategy_defaults("nemo", 8, "fp8")["tp_comm_overlap"] is True
-    assert strategy_defaults("nemo", 8, "fp8", sequence_parallel=False)["tp_comm_overlap"] is False
+def test_tp_comm_overlap_is_off_unless_asked():
+    # Turning it on for NeMo runs (its performance recipes enable it on H100) made the published-runs fit worse
+    # (89.8 % -> 88.8 % mean accuracy), so no framework assumes it; a user sets tp_comm_overlap=true.
+    assert strategy_defaults("nemo", 8, "fp8")["tp_comm_overlap"] is False
     assert strategy_defaults("megatron-lm", 8, "fp16")["tp_comm_overlap"] is False   # pre-TE Megatron
     assert strategy_defaults("megatron-deepspeed", 8, "fp16")["tp_comm_overlap"] is False
 

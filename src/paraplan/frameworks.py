@@ -2,7 +2,7 @@
 not say, what the engine stores in memory and in which dtype, and how it reduces gradients.
 
 Strategy defaults: Megatron-LM arguments.py and NeMo recipes (SP on with TP, distributed optimizer, overlap flags
-on; NeMo's performance recipes also turn on TP communication overlap with TP); vTrain's Megatron-DeepSpeed setup (no gradient bucketing: the DP all-reduce runs after the last backward);
+on); vTrain's Megatron-DeepSpeed setup (no gradient bucketing: the DP all-reduce runs after the last backward);
 torchtitan's llama3 configs (FSDP2 = ZeRO-3, selective AC default). Memory conventions: see each entry; the two
 torchtitan fudge numbers are calibrated on the torchtitan Llama 3.1 8B benchmark (Tables 1 and 3 of
 benchmarks/llama3_h100_202412_torchtitan.md) and checked out of sample on its Tables 2 and 4 (tests/test_memory.py).
@@ -15,7 +15,7 @@ FRAMEWORK_DEFAULTS: dict[str, dict] = {
     "megatron-lm": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
                     "overlap_param_gather": True, "tp_comm_overlap": False},
     "nemo": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
-             "overlap_param_gather": True, "tp_comm_overlap": True},
+             "overlap_param_gather": True, "tp_comm_overlap": False},
     "megatron-deepspeed": {"sequence_parallel": False, "zero": 0, "recompute": "full", "overlap_grad_reduce": False,
                            "overlap_param_gather": False, "tp_comm_overlap": False},
     "deepspeed": {"sequence_parallel": False, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
