@@ -94,7 +94,7 @@ def test_faster_gpu_is_never_slower():
 @pytest.mark.parametrize("strategy, message", [
     (Strategy(tp=3, dp=2), "tp*cp*dp*pp = 6"),
     (Strategy(dp=4), "must equal the cluster's 8 GPUs"),
-    (Strategy(pp=8, vpp=3), "layers (16) must be divisible by pp*vpp"),
+    (Strategy(pp=8, vpp=3), "layers (16) must be at least pp*vpp (8*3)"),
     (Strategy(dp=8, micro_batch=3), "global batch (64) must be divisible by dp*micro_batch"),
     (Strategy(dp=8, ep=2), "needs a mixture-of-experts model"),
 ])
@@ -128,3 +128,14 @@ def test_expert_parallel_folds_over_tensor_parallel_ranks():
     assert plan.time.exposed_comm_s.get("ep", 0) > 0
     with pytest.raises(ParaplanError, match=r"ep \(8\) must divide tp\*dp\*cp \(4\)"):
         estimate(MOE, cluster(4), JobSpec(32, 1024), Strategy(tp=2, dp=2, ep=8))
+
+
+def test_layers_that_do_not_divide_take_megatrons_uneven_split():
+    # 16 layers on 3 stages: (16 + 2) / 3 = 6 per stage, the first and last one fewer for embedding and loss
+    from paraplan.specs.strategy import default_layer_split
+    assert default_layer_split(16, 3) == (5, 6, 5)
+    assert default_layer_split(126, 8) == (15, 16, 16, 16, 16, 16, 16, 15)   # Llama-3 405B on pp=8
+    assert default_layer_split(32, 4) == (8, 8, 8, 8)
+    c = ClusterSpec("three", (NodeGroup(A100, 1, 3, LinkSpec("nvlink", 300, 3.0), LinkSpec("ib", 25, 8.0)),))
+    plan = estimate(GPT, c, JobSpec(12, 1024), Strategy(pp=3))
+    assert any("uneven pipeline split (5, 6, 5)" in a for a in plan.assumptions)

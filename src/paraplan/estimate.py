@@ -13,7 +13,7 @@ from paraplan.sim.engine import PipelineCosts, simulate_pipeline
 from paraplan.errors import ParaplanError
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import TimeBreakdown
-from paraplan.specs.strategy import check
+from paraplan.specs.strategy import check, default_layer_split
 
 MAX_MICROBATCHES = 16_384            # event simulation cost grows with m; real jobs use tens to hundreds
 MEGATRON_BUCKET_PARAMS = 40_000_000   # Megatron DDP bucket: max(40M, 1M * dp) parameters (distributed.py)
@@ -168,6 +168,10 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     """Predict one training iteration of `strategy`. Raises ParaplanError when the strategy is invalid."""
     check(strategy, model, cluster, job)
     s = strategy
+    assumptions = list(assumptions or [])
+    if s.layers_per_stage is None and model.layers % (s.pp * s.vpp):
+        assumptions.append(f"uneven pipeline split {default_layer_split(model.layers, s.pp * s.vpp)} "
+                           "(embedding and loss counted as layers, as Megatron's account-for options do)")
     gpu = cluster.gpu
     g = cluster.primary
     cal = calibration or calibration_for(gpu.name, job.framework)
@@ -276,6 +280,6 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     tflops = flops / iteration / cluster.num_gpus / 1e12
     return Plan(strategy=s, iteration_time_s=iteration, time=breakdown, memory=mem,
                 tokens_per_s=job.tokens_per_step / iteration, model_tflops_per_gpu=tflops,
-                mfu=tflops / gpu.peak("bf16"), flop_formula=compute.FLOP_FORMULA, assumptions=list(assumptions or []))
+                mfu=tflops / gpu.peak("bf16"), flop_formula=compute.FLOP_FORMULA, assumptions=assumptions)
 
 

@@ -34,6 +34,7 @@ from paraplan.frameworks import MEGATRON_FAMILY, MemoryConventions, conventions_
 from paraplan.errors import ParaplanError
 from paraplan.specs.model import ModelSpec
 from paraplan.specs.plan import MemoryBreakdown
+from paraplan.specs.strategy import default_layer_split
 
 GIB = 1024 ** 3
 
@@ -176,8 +177,7 @@ def stage_layers(model, strategy) -> list[list[int]]:
         stages = pp * vpp
         if n < stages:
             raise ParaplanError(f"layers ({n}) must be at least pp*vpp ({stages})")
-        base, extra = divmod(n, stages)     # even split; a remainder goes to the last stages
-        counts = [base + (1 if i >= stages - extra else 0) for i in range(stages)]
+        counts = default_layer_split(n, stages)
     starts = [sum(counts[:i]) for i in range(len(counts))]
     virtual = [list(range(starts[i], starts[i] + counts[i])) for i in range(len(counts))]
     return [virtual[r + c * pp] for r in range(pp) for c in range(vpp)]

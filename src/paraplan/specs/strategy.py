@@ -111,6 +111,24 @@ def _convert(key: str, raw: str, annotation) -> object:
     return raw
 
 
+def default_layer_split(layers: int, stages: int) -> tuple[int, ...]:
+    """Layers per virtual stage: an even split when it divides, else Megatron's account-for-embedding/loss option counts
+    the embedding and the loss as one layer each on the first and last stage (e.g. Llama-3 405B, 126 layers on
+    8 stages: 15, 16 x 6, 15); what still does not divide goes to the middle stages."""
+    if layers % stages == 0:
+        return (layers // stages,) * stages
+    counts = [0] * stages
+    total = layers + 2
+    base, extra = divmod(total, stages)
+    for i in range(stages):
+        counts[i] = base + (1 if 0 < i <= extra else 0)
+    counts[0] -= 1
+    counts[-1] -= 1
+    while sum(counts) > layers:            # stages == 1 or more stages than the middle can absorb
+        counts[counts.index(max(counts))] -= 1
+    return tuple(counts)
+
+
 # ---- validity rules: each returns None when satisfied, or a one-line reason ---------------------------------------
 def rule_world_size(s, model, cluster, job):
     if s.world_size != cluster.num_gpus:
@@ -141,9 +159,8 @@ def rule_layers_split(s, model, cluster, job):
             return (f"layers_per_stage {counts} must have pp*vpp={stages} positive entries summing to "
                     f"{model.layers}")
         return None
-    if model.layers % stages:
-        return (f"layers ({model.layers}) must be divisible by pp*vpp ({s.pp}*{s.vpp}), or give an uneven split "
-                f"with layers_per_stage")
+    if model.layers < stages:
+        return f"layers ({model.layers}) must be at least pp*vpp ({s.pp}*{s.vpp})"
 
 
 def rule_batch_divisible(s, model, cluster, job):

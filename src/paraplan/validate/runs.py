@@ -88,22 +88,6 @@ def _bool(row: dict, key: str) -> bool | None:
     raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be true or false")
 
 
-def megatron_uneven_split(layers: int, stages: int) -> tuple[int, ...]:
-    """Layers per virtual stage when they do not divide evenly: Megatron's account-for-embedding/loss option counts
-    the embedding and the loss as one layer each on the first and last stage (e.g. Llama-3 405B, 126 layers on
-    8 stages: 15, 16 x 6, 15); what still does not divide goes to the middle stages."""
-    counts = [0] * stages
-    total = layers + 2
-    base, extra = divmod(total, stages)
-    for i in range(stages):
-        counts[i] = base + (1 if 0 < i <= extra else 0)
-    counts[0] -= 1
-    counts[-1] -= 1
-    while sum(counts) > layers:            # stages == 1 or more stages than the middle can absorb
-        counts[counts.index(max(counts))] -= 1
-    return tuple(counts)
-
-
 def case_from_row(row: dict) -> RunCase:
     rid = row.get("id") or "?"
     assumed: list[str] = []
@@ -162,10 +146,6 @@ def case_from_row(row: dict) -> RunCase:
         assumed.append(f"zero={zero} ({framework} default)")
     if filled["tp_comm_overlap"]:
         assumed.append(f"tp_comm_overlap=true ({framework} default)")
-    stages = values["pp"] * values["vpp"]
-    if model.layers % stages and model.layers >= stages:
-        values["layers_per_stage"] = megatron_uneven_split(model.layers, stages)
-        assumed.append(f"uneven pipeline split {values['layers_per_stage']} (embedding and loss counted as layers)")
     strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
                         overlap_grad_reduce=filled["overlap_grad_reduce"],
                         overlap_param_gather=filled["overlap_param_gather"],

@@ -46,7 +46,7 @@ def predict_rows(rows: list[dict], calibration_for_case=None) -> list[RowResult]
             plan = estimate(case.model, case.cluster, case.job, case.strategy, calibration=cal,
                             assumptions=case.assumptions)
             results.append(RowResult(rid, row_group(rid), case.measured_iter_time_s, plan.iteration_time_s,
-                                     plan.memory.total_gib, plan.memory.fits, None, tuple(case.assumptions)))
+                                     plan.memory.total_gib, plan.memory.fits, None, tuple(plan.assumptions)))
         except ParaplanError as exc:
             results.append(RowResult(rid, row_group(rid), measured_time(row), None, error=str(exc)))
     return results
