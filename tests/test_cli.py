@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paraplan.cli import app
+from tests.rows import synthetic_row
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "validation"
 STRATEGY = "tp=2,pp=1,dp=4,mbs=1,zero=1,recompute=selective,sp=true"
@@ -37,19 +38,6 @@ def assert_one_line_error(result, *needles, code=None):
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
-
-
-def synthetic_row(**changes) -> dict:
-    """Llama-3-8B on 8 H100s: a row every version of the estimator can model."""
-    row = {"id": "cli_syn_01", "source": "test", "framework": "nemo", "model": "llama3-8b", "layers": "32",
-           "hidden": "4096", "heads": "32", "kv_heads": "8", "ffn": "14336", "vocab": "128256", "seq_len": "8192",
-           "gated_mlp": "true", "num_experts": "", "top_k": "", "expert_ffn": "", "global_batch": "128",
-           "micro_batch": "1", "tp": "2", "pp": "1", "dp": "4", "cp": "1", "ep": "1", "vpp": "1",
-           "sequence_parallel": "true", "recompute": "none", "zero": "1", "gpu": "H100-SXM5-80GB", "num_gpus": "8",
-           "gpus_per_node": "8", "intra_node_GBps": "450", "inter_node_Gbps": "400", "precision": "bf16",
-           "measured_iter_time_s": "14.0", "notes": ""}
-    row.update(changes)
-    return row
 
 
 def write_runs(path: Path, rows: list[dict]) -> Path:

@@ -7,19 +7,15 @@ import pytest
 from paraplan.errors import ParaplanError
 from paraplan.validate.runs import case_from_row, read_rows
 from paraplan.validate.score import predict_rows, row_group
+from tests.rows import synthetic_row
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "validation"
 
 
 def base_row(**changes):
-    row = {"id": "t1", "framework": "nemo", "model": "m", "layers": "32", "hidden": "4096", "heads": "32",
-           "kv_heads": "8", "ffn": "14336", "vocab": "128256", "seq_len": "8192", "gated_mlp": "true",
-           "global_batch": "128", "micro_batch": "1", "tp": "2", "pp": "1", "dp": "4", "cp": "1", "ep": "1",
-           "vpp": "", "sequence_parallel": "", "recompute": "", "zero": "", "gpu": "H100-SXM5-80GB",
-           "num_gpus": "8", "gpus_per_node": "8", "intra_node_GBps": "450", "inter_node_Gbps": "400",
-           "precision": "bf16", "measured_iter_time_s": "10.0"}
-    row.update(changes)
-    return row
+    """The shared Llama-3-8B row with the fields a source may leave empty left empty."""
+    return synthetic_row(**{"id": "t1", "vpp": "", "sequence_parallel": "", "recompute": "", "zero": "",
+                            "measured_iter_time_s": "10.0", **changes})
 
 
 def test_empty_fields_take_framework_defaults_and_say_so():

@@ -184,17 +184,23 @@ def _gpu_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
     entries = _read_catalog_yaml(_catalog() / "gpus.yaml")
     if not isinstance(entries, list):
         raise ParaplanError("catalog file gpus.yaml must hold a list of GPUs")
-    names, index = [], {}
     for entry in entries:
         where = f"GPU catalog entry {entry.get('name', '?')!r}" if isinstance(entry, dict) else "GPU catalog"
         _mapping(entry, "entry", where)
         _check_keys(entry, _GPU_FIELDS, where)
-        name = _str(entry.get("name"), "name", where)
-        names.append(name)
-        for key in [name, *entry.get("aliases", [])]:
+        _str(entry.get("name"), "name", where)
+    return _index_by_name(entries, "GPU catalog")
+
+
+def _index_by_name(entries: list[dict], what: str) -> tuple[tuple[str, ...], dict[str, dict]]:
+    """(canonical names in catalog order, lookup key of every name and alias -> entry)."""
+    names, index = [], {}
+    for entry in entries:
+        names.append(entry["name"])
+        for key in [entry["name"], *entry.get("aliases", [])]:
             k = _key(key)
             if k in index:
-                raise ParaplanError(f"GPU catalog: name or alias '{key}' is used twice")
+                raise ParaplanError(f"{what}: name or alias '{key}' is used twice")
             index[k] = entry
     return tuple(names), index
 
@@ -338,17 +344,10 @@ def _model_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
         if not isinstance(data, list):
             raise ParaplanError(f"catalog file {res.name} must hold a list of models")
         entries += data
-    names, index = [], {}
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ParaplanError(f"model catalog: every entry needs a 'name', got {entry!r:.80}")
-        names.append(entry["name"])
-        for key in [entry["name"], *entry.get("aliases", [])]:
-            k = _key(key)
-            if k in index:
-                raise ParaplanError(f"model catalog: name or alias '{key}' is used twice")
-            index[k] = entry
-    return tuple(names), index
+    return _index_by_name(entries, "model catalog")
 
 
 def _model_preset_entry(name: str) -> dict:
