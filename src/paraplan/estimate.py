@@ -4,13 +4,13 @@ The same function serves `paraplan estimate`, validation against measured runs a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from paraplan.cost import comm, compute, memory
 from paraplan.cost.calibration import Calibration, calibration_for
+from paraplan.errors import ParaplanError
 from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param
 from paraplan.sim.engine import PipelineCosts, simulate_pipeline
-from paraplan.errors import ParaplanError
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import TimeBreakdown
 from paraplan.specs.strategy import check, default_layer_split
@@ -19,23 +19,19 @@ MAX_MICROBATCHES = 16_384            # event simulation cost grows with m; real 
 MEGATRON_BUCKET_PARAMS = 40_000_000   # Megatron DDP bucket: max(40M, 1M * dp) parameters (distributed.py)
 
 
-
 @dataclass
 class _StageCost:
-    forward_s: float = 0.0       # per micro-batch, on the compute stream (comm that blocks it included)
+    """One pipeline chunk, one micro-batch."""
+    forward_s: float = 0.0       # on the compute stream (communication that blocks it included)
     backward_s: float = 0.0
-    compute_s: float = 0.0       # pure compute per micro-batch (forward + backward + recompute)
+    compute_s: float = 0.0       # forward + backward + recompute, or the host launch time when that is longer
     recompute_s: float = 0.0
-    exposed: dict = None         # per micro-batch exposed comm by kind
-    overlapped: dict = None
+    exposed: dict = field(default_factory=dict)      # exposed communication by kind
+    overlapped: dict = field(default_factory=dict)   # hidden communication by kind
     slowdown_s: float = 0.0
 
-    def __post_init__(self):
-        self.exposed = self.exposed or {}
-        self.overlapped = self.overlapped or {}
-
     def add(self, bucket: dict, kind: str, seconds: float):
-        if seconds > 0:
+        if seconds > 1e-12:
             bucket[kind] = bucket.get(kind, 0.0) + seconds
 
 
@@ -258,8 +254,12 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
 
     # ---- breakdown on the critical rank ------------------------------------------------------------------------------
     exposed = {k: v * m for k, v in exposed_by_rank[critical].items()}
-    if s.pp > 1:
-        exposed["pp"] = 0.0   # p2p runs on its own stream; its waits show up as bubble
+    pp_exposed = 0.0
+    if p2p > 0:
+        # what the sends and receives add to the critical rank: the same schedule simulated without them
+        no_p2p = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, 0.0), record_events=False)
+        pp_exposed = max(0.0, pipe.last_backward_end_s[critical] - no_p2p.last_backward_end_s[critical])
+        exposed["pp"] = pp_exposed
     if dp_exposed[critical]:
         exposed["dp"] = dp_exposed[critical]
     overlapped = {k: v * m for k, v in overlapped_by_rank[critical].items()}
@@ -268,7 +268,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     compute_s = compute_per_mb[critical] * m
     slowdown = slowdown_by_rank[critical] * m
     busy = pipe.busy_s[critical]
-    bubble = pipe.last_backward_end_s[critical] - busy
+    bubble = pipe.last_backward_end_s[critical] - busy - pp_exposed
     overhead = cal.iteration_overhead_s + cal.microbatch_overhead_s * m
     # compute_s + exposed comm + slowdown + overhead(per micro-batch) == busy, up to float rounding
     breakdown = TimeBreakdown(compute_s=compute_s, recompute_s=recompute_per_mb[critical] * m,
