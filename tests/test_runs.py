@@ -67,4 +67,5 @@ def test_every_shipped_row_is_read():
 
 def test_row_group_strips_the_row_number():
     assert row_group("vtrain-single-0042") == "vtrain-single"
-    assert row_group("narayanan21_t1_03") == "narayanan21_t1"
+    assert row_group("narayanan21_t1_03") == "narayanan21"
+    assert row_group("dgxc_llama31_8b_bf16_8") == "dgxc"

@@ -30,9 +30,11 @@ class RowResult:
 
 
 def row_group(row_id: str) -> str:
-    """Split key: the id prefix before the last '_' or '-' run of digits (vtrain-single-0001 -> vtrain-single)."""
-    head = row_id.rstrip("0123456789").rstrip("-_")
-    return head or row_id
+    """The source a row comes from, from its id: the row number is dropped (vtrain-single-0042 -> vtrain-single),
+    and ids of the form source_case_n keep the source (narayanan21_t1_03 -> narayanan21, dgxc_llama31_8b_bf16_8 ->
+    dgxc)."""
+    head = row_id.rstrip("0123456789").rstrip("-_") or row_id
+    return head.split("_", 1)[0]
 
 
 def predict_rows(rows: list[dict], calibration_for_case=None) -> list[RowResult]:
