@@ -97,6 +97,8 @@ def test_faster_gpu_is_never_slower():
     (Strategy(pp=8, vpp=3), "layers (16) must be at least pp*vpp (8*3)"),
     (Strategy(dp=8, micro_batch=3), "global batch (64) must be divisible by dp*micro_batch"),
     (Strategy(dp=8, ep=2), "needs a mixture-of-experts model"),
+    (Strategy(pp=8, vpp=2, micro_batch=16), "to be a multiple of pp (8)"),   # 64 / 16 = 4 micro-batches
+
 ])
 def test_invalid_strategies_are_one_line_errors(strategy, message):
     with pytest.raises(ParaplanError) as exc:

@@ -169,8 +169,15 @@ def rule_batch_divisible(s, model, cluster, job):
 
 
 def rule_interleaving(s, model, cluster, job):
-    if s.vpp > 1 and s.pp < 2:
-        return "interleaved schedule (vpp > 1) needs pp >= 2"
+    if s.vpp > 1:
+        if s.pp < 2:
+            return "interleaved schedule (vpp > 1) needs pp >= 2"
+        # Megatron (schedules.py): micro-batches go through the chunks in groups of pp, so their number must be a
+        # multiple of pp (microbatch_group_size_per_vp_stage defaults to pp)
+        m = job.global_batch // (s.dp * s.micro_batch)
+        if m % s.pp:
+            return (f"interleaved schedule (vpp > 1) needs the micro-batches per pipeline ({m} = global batch / "
+                    f"(dp*micro_batch)) to be a multiple of pp ({s.pp})")
 
 
 def rule_sequence_divisible(s, model, cluster, job):
