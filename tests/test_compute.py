@@ -87,3 +87,23 @@ def test_gemm_time_monotone_in_each_dimension():
     for m, n, k in ((8192, 4096, 4096), (4096, 8192, 4096), (4096, 4096, 8192)):
         assert gemm_time(m, n, k, A100, cal, "bf16") >= base
     assert math.isfinite(base)
+
+
+def test_megatron_fused_softmax_availability_rule():
+    # Megatron fused_softmax.py FusedScaleMaskSoftmax.is_kernel_available (causal): 16 < s_k <= 4096, s_q and s_k
+    # multiples of 4, b * heads a multiple of 4 (and of 8 when s_k <= 128)
+    from paraplan.cost.compute import megatron_fused_softmax_available as ok
+    assert ok(1, 16, 1024, 1024)
+    assert not ok(1, 2, 1024, 1024)        # tp=8 of 16 heads at micro-batch 1: 2 attention batches
+    assert ok(2, 2, 1024, 1024)
+    assert not ok(1, 16, 8192, 8192)       # longer than the kernel supports
+    assert not ok(1, 4, 128, 128) and ok(2, 4, 128, 128)
+
+
+def test_unfused_softmax_fallback_costs_more_kernels():
+    from paraplan.cost.compute import layer_ops
+    job = JobSpec(8, 1024, "fp16", "megatron-deepspeed")
+    small = ModelSpec("t", layers=2, hidden=1024, heads=16, ffn=4096, vocab=1000)
+    fused = [op.name for op in layer_ops(small, job, Strategy(tp=1))]
+    fallback = [op.name for op in layer_ops(small, job, Strategy(tp=8))]
+    assert "softmax_mask" not in fused and "softmax_mask" in fallback

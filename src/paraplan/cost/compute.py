@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from paraplan.cost.calibration import Calibration
-from paraplan.frameworks import uses_flash_attention
+from paraplan.frameworks import MEGATRON_FAMILY, uses_flash_attention
 from paraplan.specs import GPUSpec, JobSpec, ModelSpec, Strategy
 
 
@@ -130,7 +130,16 @@ def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: boo
         # Megatron 2021: two batched GEMMs over the full s x s scores, softmax + mask + dropout unfused
         ops.append(Op("attn_scores", "gemm", flops=2 * b * heads * s_q * s_k * head_dim, m=s_q, n=s_k, k=head_dim, batch=b * heads))
         scores = b * heads * s_q * s_k
-        ops.append(Op("softmax", "mem", bytes=scores * act * 2))
+        if job.framework in MEGATRON_FAMILY and not megatron_fused_softmax_available(b, heads, s_q, s_k):
+            # FusedScaleMaskSoftmax.forward_torch_softmax: fp32 cast, scale, masked_fill, softmax, cast back, each
+            # its own kernel over the s x s scores (and its own autograd node in backward)
+            ops.append(Op("softmax_cast", "mem", bytes=scores * (act + 4)))
+            ops.append(Op("softmax_scale", "mem", bytes=scores * 8))
+            ops.append(Op("softmax_mask", "mem", bytes=scores * 9))
+            ops.append(Op("softmax", "mem", bytes=scores * 8))
+            ops.append(Op("softmax_cast_back", "mem", bytes=scores * (4 + act)))
+        else:
+            ops.append(Op("softmax", "mem", bytes=scores * act * 2))
         ops.append(Op("attn_dropout", "mem", bytes=scores * (act * 2 + 1)))
         ops.append(Op("attn_context", "gemm", flops=2 * b * heads * s_q * s_k * v_dim, m=s_q, n=v_dim, k=s_k, batch=b * heads))
     ops.append(Op("out_proj", "gemm", flops=2 * tokens * heads * v_dim * h, m=tokens, n=h, k=heads * v_dim))
@@ -164,6 +173,18 @@ def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: boo
     return ops
 
 
+def megatron_fused_softmax_available(b: int, heads: int, s_q: int, s_k: int) -> bool:
+    """Megatron's FusedScaleMaskSoftmax.is_kernel_available for the causal mask (fused_softmax.py): the fused CUDA
+    kernel needs 16 < s_k <= 4096, s_q and s_k multiples of 4 and b * heads a multiple of the kernel's batches per
+    block (4 for s_k > 128: 128-thread blocks of one warp per row; 8 below). Otherwise PyTorch runs it op by op."""
+    attn_batches = b * heads
+    if not (16 < s_k <= 4096 and s_q % 4 == 0 and s_k % 4 == 0 and attn_batches % 4 == 0):
+        return False
+    pow2 = 1 << max(0, (s_k - 1).bit_length())
+    batches_per_block = 4 * (2 if pow2 <= 128 else 1)
+    return attn_batches % batches_per_block == 0
+
+
 def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bool) -> float:
     """Backward of a GEMM is two GEMMs of the same size (input gradient and weight gradient)."""
     if op.kind == "gemm":
@@ -195,7 +216,8 @@ def recompute_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUS
         return 0.0, 0.0
     ops = layer_ops(model, job, strategy, moe_layer)
     if strategy.recompute == "selective":
-        ops = [op for op in ops if op.name in ("flash_attention", "attn_scores", "softmax", "attn_dropout", "attn_context")]
+        ops = [op for op in ops if op.name in ("flash_attention", "attn_scores", "attn_dropout", "attn_context")
+               or op.name.startswith("softmax")]
         return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), 0.0
     return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s
 
