@@ -91,6 +91,15 @@ def _gpu_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
     return _index_by_name(entries, "GPU catalog")
 
 
+def _lookup(catalog: tuple[tuple[str, ...], dict[str, dict]], kind: str, name: str, hint: str = "") -> dict:
+    """The catalog entry for a name or alias, or a one-line error listing the known names."""
+    names, index = catalog
+    entry = index.get(_key(name)) if isinstance(name, str) else None
+    if entry is None:
+        raise _unknown(kind, str(name), list(names), hint)
+    return entry
+
+
 def _index_by_name(entries: list[dict], what: str) -> tuple[tuple[str, ...], dict[str, dict]]:
     """(canonical names in catalog order, lookup key of every name and alias -> entry)."""
     names, index = [], {}
@@ -132,11 +141,7 @@ def list_gpus() -> list[str]:
 
 def load_gpu(name: str) -> GPUSpec:
     """A catalog GPU by name or alias (case-insensitive)."""
-    names, index = _gpu_catalog()
-    entry = index.get(_key(name)) if isinstance(name, str) else None
-    if entry is None:
-        raise _unknown("GPU", str(name), list(names))
-    return _gpu_from_entry(entry)
+    return _gpu_from_entry(_lookup(_gpu_catalog(), "GPU", name))
 
 
 # ---- models: ModelSpec fields ----------------------------------------------------------------------------------
@@ -250,11 +255,7 @@ def _model_catalog() -> tuple[tuple[str, ...], dict[str, dict]]:
 
 
 def _model_preset_entry(name: str) -> dict:
-    names, index = _model_catalog()
-    entry = index.get(_key(name))
-    if entry is None:
-        raise _unknown("model", name, list(names), "; or give a path to a config.json or a YAML/JSON model file")
-    return entry
+    return _lookup(_model_catalog(), "model", name, "; or give a path to a config.json or a YAML/JSON model file")
 
 
 def list_models() -> list[str]:
@@ -322,11 +323,7 @@ def list_clusters() -> list[str]:
 
 
 def _cluster_preset(name: str) -> dict:
-    names, index = _cluster_catalog()
-    entry = index.get(_key(name))
-    if entry is None:
-        raise _unknown("cluster", name, list(names), "; or NAME:GPUS, or a path to a YAML/JSON cluster file")
-    return entry
+    return _lookup(_cluster_catalog(), "cluster", name, "; or NAME:GPUS, or a path to a YAML/JSON cluster file")
 
 
 def _link_from_dict(d: Any, level: str, where: str) -> LinkSpec:
