@@ -30,9 +30,12 @@ class _StageCost:
     overlapped: dict = field(default_factory=dict)   # hidden communication by kind
     slowdown_s: float = 0.0
 
-    def add(self, bucket: dict, kind: str, seconds: float):
+
+def _accumulate(into: dict, seconds_by_kind: dict) -> None:
+    """Add seconds per communication kind, dropping float dust."""
+    for kind, seconds in seconds_by_kind.items():
         if seconds > 1e-12:
-            bucket[kind] = bucket.get(kind, 0.0) + seconds
+            into[kind] = into.get(kind, 0.0) + seconds
 
 
 def _layer_comm(model, job, s: Strategy, cluster: ClusterSpec, cal: Calibration, moe_layer: bool,
@@ -122,7 +125,7 @@ def _layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int) -> tu
     if s.zero == 3 and s.dp * s.cp > 1:
         # FSDP/ZeRO-3: gather this layer's parameters in forward and again in backward, prefetched one layer
         # ahead; reduce-scatter its gradients after its backward. Exposed where the layer is shorter.
-        dp_group = comm.place(s.dp * s.cp, s.tp, g.gpus_per_node)
+        dp_group = comm.gradient_group(s, g.gpus_per_node)
         layer_params = sum(memory.layer_params_on_gpu(model, s, layer_index))
         gather = comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
         scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework),
@@ -151,10 +154,8 @@ def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[li
             sc.recompute_s += recompute_s
             sc.slowdown_s += fwd.slowdown_s + bwd.slowdown_s
             for p in (fwd, bwd):
-                for kind, v in p.exposed.items():
-                    sc.add(sc.exposed, kind, v)
-                for kind, v in p.overlapped.items():
-                    sc.add(sc.overlapped, kind, v)
+                _accumulate(sc.exposed, p.exposed)
+                _accumulate(sc.overlapped, p.overlapped)
         costs.append(sc)
     return costs
 
@@ -171,7 +172,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     gpu = cluster.gpu
     g = cluster.primary
     cal = calibration or calibration_for(gpu.name, job.framework)
-    m = job.global_batch // (s.dp * s.micro_batch)         # micro-batches per iteration per pipeline
+    m = s.num_microbatches(job.global_batch)
     if m > MAX_MICROBATCHES:
         raise ParaplanError(f"global batch {job.global_batch} gives {m} micro-batches per pipeline (dp={s.dp}, "
                             f"micro_batch={s.micro_batch}); at most {MAX_MICROBATCHES} are simulated")
@@ -197,10 +198,8 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
             compute_per_mb[r] += sc.compute_s
             recompute_per_mb[r] += sc.recompute_s
             slowdown_by_rank[r] += sc.slowdown_s
-            for kind, v in sc.exposed.items():
-                exposed_by_rank[r][kind] = exposed_by_rank[r].get(kind, 0.0) + v
-            for kind, v in sc.overlapped.items():
-                overlapped_by_rank[r][kind] = overlapped_by_rank[r].get(kind, 0.0) + v
+            _accumulate(exposed_by_rank[r], sc.exposed)
+            _accumulate(overlapped_by_rank[r], sc.overlapped)
     fwd[0][0] += emb_f
     bwd[0][0] += emb_b
     fwd[-1][-1] += head_f
@@ -217,8 +216,8 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
                              record_events=False)
 
     # ---- data-parallel gradient reduction and the optimizer step, after each rank's last backward -----------------
-    dp_group = comm.place(s.dp * s.cp, s.tp, g.gpus_per_node)
-    expert_dp_group = comm.place(s.expert_dp, s.ep * s.expert_tp, g.gpus_per_node)
+    dp_group = comm.gradient_group(s, g.gpus_per_node)
+    expert_dp_group = comm.gradient_group(s, g.gpus_per_node, experts=True)
     grad_bytes = grad_reduce_bytes_per_param(job.framework)
     finish = []
     dp_exposed = [0.0] * s.pp

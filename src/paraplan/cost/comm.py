@@ -50,6 +50,14 @@ def group_of(dim: str, strategy: Strategy, gpus_per_node: int) -> Group:
     return place(getattr(strategy, dim), stride, gpus_per_node)
 
 
+def gradient_group(strategy: Strategy, gpus_per_node: int, experts: bool = False) -> Group:
+    """The ranks that reduce one gradient shard: dp*cp replicas after TP (Megatron reduces over dp x cp), or for
+    expert weights the expert-data-parallel ranks after expert TP x EP."""
+    if experts:
+        return place(strategy.expert_dp, strategy.ep * strategy.expert_tp, gpus_per_node)
+    return place(strategy.dp * strategy.cp, strategy.tp, gpus_per_node)
+
+
 BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
               "reduce_scatter": lambda n: (n - 1) / n, "all_to_all": lambda n: (n - 1) / n}
 

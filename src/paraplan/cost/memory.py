@@ -191,7 +191,7 @@ def rank_layers(model, strategy) -> list[list[int]]:
 
 
 def num_microbatches(job, strategy) -> int:
-    return max(1, job.global_batch // (strategy.dp * strategy.micro_batch))
+    return max(1, strategy.num_microbatches(job.global_batch))
 
 
 def closed_form_inflight(job, strategy) -> list[int]:

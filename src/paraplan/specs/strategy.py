@@ -61,6 +61,10 @@ class Strategy:
         """Data-parallel degree of the expert weights: the ranks of tp*dp*cp not used by ep or expert TP."""
         return self.tp * self.dp * self.cp // (self.ep * self.expert_tp)
 
+    def num_microbatches(self, global_batch: int) -> int:
+        """Micro-batches each pipeline runs per iteration."""
+        return global_batch // (self.dp * self.micro_batch)
+
     @property
     def world_size(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
@@ -174,7 +178,7 @@ def rule_interleaving(s, model, cluster, job):
             return "interleaved schedule (vpp > 1) needs pp >= 2"
         # Megatron (schedules.py): micro-batches go through the chunks in groups of pp, so their number must be a
         # multiple of pp (microbatch_group_size_per_vp_stage defaults to pp)
-        m = job.global_batch // (s.dp * s.micro_batch)
+        m = s.num_microbatches(job.global_batch)
         if m % s.pp:
             return (f"interleaved schedule (vpp > 1) needs the micro-batches per pipeline ({m} = global batch / "
                     f"(dp*micro_batch)) to be a multiple of pp ({s.pp})")
