@@ -12,7 +12,7 @@ from paraplan.errors import ParaplanError
 from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param
 from paraplan.sim.engine import PipelineCosts, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
-from paraplan.specs.plan import TimeBreakdown
+from paraplan.specs.plan import Timeline, TimeBreakdown
 from paraplan.specs.strategy import check, default_layer_split
 
 MAX_MICROBATCHES = 16_384            # event simulation cost grows with m; real jobs use tens to hundreds
@@ -161,8 +161,10 @@ def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[li
 
 
 def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Strategy,
-             calibration: Calibration | None = None, assumptions: list[str] | None = None) -> Plan:
-    """Predict one training iteration of `strategy`. Raises ParaplanError when the strategy is invalid."""
+             calibration: Calibration | None = None, assumptions: list[str] | None = None,
+             record_events: bool = False) -> Plan:
+    """Predict one training iteration of `strategy`. Raises ParaplanError when the strategy is invalid.
+    With `record_events` the Plan carries a Timeline of the simulated iteration (for traces and reports)."""
     check(strategy, model, cluster, job)
     s = strategy
     assumptions = list(assumptions or [])
@@ -213,7 +215,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     # interleaved schedule overlaps p2p with compute (--overlap-p2p-comm)
     overlapped_p2p = s.vpp > 1 or job.framework not in MEGATRON_FAMILY
     pipe = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, p2p, p2p_overlapped=overlapped_p2p),
-                             record_events=False)
+                             record_events=record_events)
 
     # ---- data-parallel gradient reduction and the optimizer step, after each rank's last backward -----------------
     dp_group = comm.gradient_group(s, g.gpus_per_node)
@@ -277,8 +279,11 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     mem = memory.memory_per_gpu(model, job, s, gpu, inflight_microbatches=pipe.peak_inflight_microbatches)
     flops = compute.model_flops_per_iteration(model, job)
     tflops = flops / iteration / cluster.num_gpus / 1e12
+    timeline = Timeline(pipe, fwd, bwd, p2p, overlapped_p2p, dp_exposed, dp_overlapped, optimizer_s,
+                        cal.iteration_overhead_s) if record_events else None
     return Plan(strategy=s, iteration_time_s=iteration, time=breakdown, memory=mem,
                 tokens_per_s=job.tokens_per_step / iteration, model_tflops_per_gpu=tflops,
-                mfu=tflops / gpu.peak("bf16"), flop_formula=compute.FLOP_FORMULA, assumptions=assumptions)
+                mfu=tflops / gpu.peak("bf16"), flop_formula=compute.FLOP_FORMULA, assumptions=assumptions,
+                timeline=timeline)
 
 

@@ -45,6 +45,21 @@ class MemoryBreakdown:
 
 
 @dataclass
+class Timeline:
+    """What a trace needs to draw the iteration: the simulated pipeline (with its events) and each pipeline rank's
+    tail after its last backward. Index r is the pipeline rank."""
+    pipeline: object                       # sim.engine.PipelineResult, events recorded
+    forward_s: list[list[float]]           # [rank][chunk] one micro-batch's forward on the compute stream
+    backward_s: list[list[float]]
+    p2p_s: float                           # one pipeline send/receive
+    p2p_overlapped: bool
+    dp_exposed_s: list[float]              # gradient reduction left after the last backward
+    dp_overlapped_s: list[float]
+    optimizer_s: list[float]
+    iteration_overhead_s: float
+
+
+@dataclass
 class Plan:
     strategy: Strategy
     iteration_time_s: float
@@ -55,6 +70,7 @@ class Plan:
     mfu: float
     flop_formula: str
     assumptions: list[str] = field(default_factory=list)
+    timeline: "Timeline | None" = field(default=None, repr=False, compare=False)  # with estimate(record_events=True)
 
     def to_dict(self) -> dict:
         d = {"strategy": asdict(self.strategy), "iteration_time_s": self.iteration_time_s,
