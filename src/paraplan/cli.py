@@ -4,6 +4,7 @@ Every error is one line on stderr starting with `error:`, never a traceback: bad
 errors) exits 2; an unexpected exception inside paraplan exits 1 and says it is a bug."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from typing import Optional
@@ -185,6 +186,13 @@ def presets():
     console.print("[bold]models:[/bold] " + ", ".join(loaders.list_models()))
     console.print("[bold]gpus:[/bold] " + ", ".join(loaders.list_gpus()))
     console.print("[bold]clusters:[/bold] " + ", ".join(loaders.list_clusters()))
+
+
+# Commands that live beside their feature: each module imports `app` (and `console`, `_fail`) from here and
+# decorates its command with @app.command(). Add the module's name to this tuple.
+FEATURE_COMMANDS: tuple[str, ...] = ()
+for _module in FEATURE_COMMANDS:
+    importlib.import_module(_module)
 
 
 def main() -> None:
