@@ -109,13 +109,14 @@ def _pass_cost(host_s: float, gpu_s: float, comms: dict, cal: Calibration) -> _P
                      slowdown * share)
 
 
-def _layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int) -> tuple[_PassCost, _PassCost, float]:
+def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int) -> tuple[_PassCost, _PassCost, float]:
     """(forward, backward, recompute GPU seconds) of one layer for one micro-batch on one GPU."""
     gpu = cluster.gpu
     g = cluster.primary
     moe_layer = model.is_moe_layer(layer_index)
-    lc = compute.layer_compute(model, job, s, gpu, cal, moe_layer)
-    rc_gpu, rc_host = compute.recompute_time(model, job, s, gpu, cal, moe_layer)
+    lt = compute.layer_times(model, job, s, gpu, cal, moe_layer)
+    lc = lt.compute
+    rc_gpu, rc_host = lt.recompute_gpu_s[s.recompute], lt.recompute_host_s[s.recompute]
     attn_ops = [op for op in compute.layer_ops(model, job, s, moe_layer)
                 if op.name in ("flash_attention", "attn_scores", "attn_context")]
     attn_f = sum(compute.op_time(op, gpu, cal, job.precision, False) for op in attn_ops)
@@ -138,16 +139,25 @@ def _layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int) -> tu
             _pass_cost(bwd_host, bwd_gpu, comm_b, cal), rc_gpu)
 
 
-def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[list[int]]) -> list[_StageCost]:
-    cache: dict[bool, tuple] = {}        # a layer's cost depends only on whether it is an MoE layer
+def layer_cache_key(s: Strategy, moe_layer: bool) -> tuple:
+    """What one layer's passes depend on, for a fixed model, job, cluster and calibration: everything in the
+    strategy except how layers are spread over pipeline stages and ZeRO below stage 3 (which act outside layers)."""
+    dp = s.dp if (s.zero == 3 or s.ep > 1) else 0      # dp places only ZeRO-3 gathers and expert groups
+    return (s.tp, s.cp, dp, s.ep, s.micro_batch, s.sequence_parallel, s.recompute, s.zero == 3, s.tp_comm_overlap,
+            moe_layer)
+
+
+def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[list[int]],
+                 cache: dict | None = None) -> list[_StageCost]:
+    cache = {} if cache is None else cache     # a layer's cost depends only on whether it is an MoE layer
     costs = []
     for layers in layers_by_chunk:
         sc = _StageCost()
         for li in layers:
-            moe_layer = model.is_moe_layer(li)
-            if moe_layer not in cache:
-                cache[moe_layer] = _layer_passes(model, job, s, cluster, cal, li)
-            fwd, bwd, recompute_s = cache[moe_layer]
+            key = layer_cache_key(s, model.is_moe_layer(li))
+            if key not in cache:
+                cache[key] = layer_passes(model, job, s, cluster, cal, li)
+            fwd, bwd, recompute_s = cache[key]
             sc.forward_s += fwd.time_s
             sc.backward_s += bwd.time_s
             sc.compute_s += fwd.compute_s + bwd.compute_s
@@ -160,11 +170,33 @@ def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[li
     return costs
 
 
-def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Strategy,
-             calibration: Calibration | None = None, assumptions: list[str] | None = None,
-             record_events: bool = False) -> Plan:
-    """Predict one training iteration of `strategy`. Raises ParaplanError when the strategy is invalid.
-    With `record_events` the Plan carries a Timeline of the simulated iteration (for traces and reports)."""
+@dataclass
+class Prepared:
+    """Everything of one iteration's estimate that comes before the pipeline simulation; index r is the pipeline
+    rank. The search bounds a candidate's time from this alone (time_lower_bound) before simulating it."""
+    strategy: Strategy
+    calibration: Calibration
+    assumptions: list
+    m: int                          # micro-batches per pipeline
+    schedule: str
+    forward_s: list                 # [rank][chunk] one micro-batch, on the compute stream
+    backward_s: list
+    compute_per_mb: list
+    recompute_per_mb: list
+    exposed_by_rank: list
+    overlapped_by_rank: list
+    slowdown_by_rank: list
+    p2p_s: float
+    p2p_overlapped: bool
+    dp_exposed: list                # gradient reduction left after the last backward
+    dp_overlapped: list
+    optimizer_s: list
+
+
+def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Strategy,
+            calibration: Calibration | None = None, assumptions: list[str] | None = None,
+            layer_cache: dict | None = None) -> Prepared:
+    """Stage costs, pipeline send time and the data-parallel/optimizer tail of `strategy` (checked first)."""
     check(strategy, model, cluster, job)
     s = strategy
     assumptions = list(assumptions or [])
@@ -181,7 +213,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     schedule = "interleaved" if s.vpp > 1 else ("gpipe" if s.schedule == "gpipe" else "1f1b")
 
     # entry r*vpp + c: the layers of chunk c on pipeline rank r (virtual stage r + c*pp)
-    per_chunk = _stage_costs(model, job, s, cluster, cal, memory.stage_layers(model, s))
+    per_chunk = _stage_costs(model, job, s, cluster, cal, memory.stage_layers(model, s), layer_cache)
 
     emb_f, emb_b = compute.embedding_time(model, job, s, gpu, cal)
     head_f, head_b = compute.head_time(model, job, s, gpu, cal)
@@ -214,18 +246,15 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     # Megatron's 1F1B waits for each send/recv pair before the next compute (send_forward_recv_backward); only the
     # interleaved schedule overlaps p2p with compute (--overlap-p2p-comm)
     overlapped_p2p = s.vpp > 1 or job.framework not in MEGATRON_FAMILY
-    pipe = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, p2p, p2p_overlapped=overlapped_p2p),
-                             record_events=record_events)
 
     # ---- data-parallel gradient reduction and the optimizer step, after each rank's last backward -----------------
     dp_group = comm.gradient_group(s, g.gpus_per_node)
     expert_dp_group = comm.gradient_group(s, g.gpus_per_node, experts=True)
     grad_bytes = grad_reduce_bytes_per_param(job.framework)
-    finish = []
     dp_exposed = [0.0] * s.pp
     dp_overlapped = [0.0] * s.pp
     optimizer_s = [0.0] * s.pp
-    for r, (dense_params, expert_params) in enumerate(memory.params_by_rank(model, s)):
+    for r, (dense_params, expert_params) in enumerate(_params_by_rank(model, s, layer_cache)):
         params = dense_params + expert_params
         if dp_group.size > 1 and s.zero < 3:
             t_grad = t_param = 0.0
@@ -248,10 +277,62 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
             dp_exposed[r] = exposed
             dp_overlapped[r] = t_grad + t_param - exposed
         shard = (dense_params / dp_group.size + expert_params / expert_dp_group.size) if s.zero >= 1 else params
-        optimizer_s[r] = compute.optimizer_time(shard, gpu, cal)
-        finish.append(pipe.last_backward_end_s[r] + dp_exposed[r] + optimizer_s[r])
-    critical = max(range(s.pp), key=lambda r: finish[r])
-    iteration = finish[critical] + cal.iteration_overhead_s
+        optimizer_s[r] = float(compute.optimizer_time(shard, gpu, cal))
+    return Prepared(s, cal, assumptions, m, schedule, fwd, bwd, compute_per_mb, recompute_per_mb, exposed_by_rank,
+                    overlapped_by_rank, slowdown_by_rank, p2p, overlapped_p2p, dp_exposed, dp_overlapped, optimizer_s)
+
+
+def _params_by_rank(model, s: Strategy, cache: dict | None):
+    if cache is None:
+        return memory.params_by_rank(model, s)
+    key = ("params", s.tp, s.pp, s.vpp, s.ep, s.expert_tp, s.layers_per_stage)
+    if key not in cache:
+        cache[key] = memory.params_by_rank(model, s)
+    return cache[key]
+
+
+def time_lower_bound(p: Prepared) -> float:
+    """At most the iteration time the simulation of `p` gives (see search/bounds.py for the argument): rank r
+    starts after micro-batch 0's forward reaches it, works m micro-batches back to back at best, and its last
+    backward is followed by that micro-batch's backward on the ranks before it; each rank then reduces gradients
+    and steps its optimizer."""
+    pp, m, hop = p.strategy.pp, p.m, p.p2p_s
+    ranks_alone = chain_to_rank0 = 0.0
+    forward_prefix = backward_prefix = 0.0        # sums over the ranks before r of their first chunk's passes
+    for r in range(pp):
+        start = forward_prefix + r * hop
+        work_done = start + m * (sum(p.forward_s[r]) + sum(p.backward_s[r]))
+        ranks_alone = max(ranks_alone, work_done + p.dp_exposed[r] + p.optimizer_s[r])
+        chain_to_rank0 = max(chain_to_rank0, work_done + backward_prefix + r * hop)
+        forward_prefix += p.forward_s[r][0]
+        backward_prefix += p.backward_s[r][0]
+    end = max(ranks_alone, chain_to_rank0 + p.dp_exposed[0] + p.optimizer_s[0])
+    return end + p.calibration.iteration_overhead_s
+
+
+def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Strategy,
+             calibration: Calibration | None = None, assumptions: list[str] | None = None,
+             record_events: bool = False, layer_cache: dict | None = None) -> Plan:
+    """Predict one training iteration of `strategy`. Raises ParaplanError when the strategy is invalid.
+    With `record_events` the Plan carries a Timeline of the simulated iteration (for traces and reports).
+    `layer_cache`: a dict shared by calls with the same model, job, cluster and calibration (the search) so that
+    layers are costed once per distinct `layer_cache_key`."""
+    prep = prepare(model, cluster, job, strategy, calibration, assumptions, layer_cache)
+    return finish(model, cluster, job, prep, record_events)
+
+
+def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared, record_events: bool = False) -> Plan:
+    """Simulate the pipeline of a prepared estimate and assemble the Plan."""
+    p, s, cal, m, schedule = prep, prep.strategy, prep.calibration, prep.m, prep.schedule
+    fwd, bwd, p2p, overlapped_p2p = p.forward_s, p.backward_s, p.p2p_s, p.p2p_overlapped
+    dp_exposed, dp_overlapped, optimizer_s = p.dp_exposed, p.dp_overlapped, p.optimizer_s
+    exposed_by_rank, overlapped_by_rank = p.exposed_by_rank, p.overlapped_by_rank
+    gpu = cluster.gpu
+    pipe = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, p2p, p2p_overlapped=overlapped_p2p),
+                             record_events=record_events)
+    finish_s = [pipe.last_backward_end_s[r] + dp_exposed[r] + optimizer_s[r] for r in range(s.pp)]
+    critical = max(range(s.pp), key=lambda r: finish_s[r])
+    iteration = finish_s[critical] + cal.iteration_overhead_s
 
     # ---- breakdown on the critical rank ------------------------------------------------------------------------------
     exposed = {k: v * m for k, v in exposed_by_rank[critical].items()}
@@ -266,13 +347,13 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     overlapped = {k: v * m for k, v in overlapped_by_rank[critical].items()}
     if dp_overlapped[critical]:
         overlapped["dp"] = dp_overlapped[critical]
-    compute_s = compute_per_mb[critical] * m
-    slowdown = slowdown_by_rank[critical] * m
+    compute_s = p.compute_per_mb[critical] * m
+    slowdown = p.slowdown_by_rank[critical] * m
     busy = pipe.busy_s[critical]
     bubble = pipe.last_backward_end_s[critical] - busy - pp_exposed
     overhead = cal.iteration_overhead_s + cal.microbatch_overhead_s * m
     # compute_s + exposed comm + slowdown + overhead(per micro-batch) == busy, up to float rounding
-    breakdown = TimeBreakdown(compute_s=compute_s, recompute_s=recompute_per_mb[critical] * m,
+    breakdown = TimeBreakdown(compute_s=compute_s, recompute_s=p.recompute_per_mb[critical] * m,
                               exposed_comm_s=exposed, overlapped_comm_s=overlapped, overlap_slowdown_s=slowdown,
                               bubble_s=bubble, optimizer_s=optimizer_s[critical], overhead_s=overhead)
 
@@ -283,7 +364,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
                         cal.iteration_overhead_s) if record_events else None
     return Plan(strategy=s, iteration_time_s=iteration, time=breakdown, memory=mem,
                 tokens_per_s=job.tokens_per_step / iteration, model_tflops_per_gpu=tflops,
-                mfu=tflops / gpu.peak("bf16"), flop_formula=compute.FLOP_FORMULA, assumptions=assumptions,
+                mfu=tflops / gpu.peak("bf16"), flop_formula=compute.FLOP_FORMULA, assumptions=p.assumptions,
                 timeline=timeline)
 
 

@@ -29,6 +29,37 @@ FRAMEWORK_DEFAULTS: dict[str, dict] = {
 }
 
 
+@dataclass(frozen=True)
+class FrameworkLimits:
+    """What an engine can run: the search offers only these, and exports refuse the rest."""
+    zero: tuple[int, ...] = (0, 1, 2, 3)            # ZeRO stages (1 = Megatron's distributed optimizer)
+    zero_with_pp: tuple[int, ...] = (0, 1, 2, 3)    # ... of those, the ones allowed with pp > 1
+    sequence_parallel: tuple[bool, ...] = (False, True)   # Megatron SP settings possible with tp > 1
+    context_parallel: bool = True
+    interleaved: bool = True
+
+
+# Megatron-LM / NeMo: DDP, distributed optimizer, Megatron FSDP (optim_grads = 2, optim_grads_params = 3).
+# DeepSpeed's PipelineEngine refuses ZeRO-2/3 ("ZeRO-2 and ZeRO-3 are incompatible with pipeline parallelism")
+# and has no interleaved schedule, no context parallelism (Ulysses is a different scheme) and no Megatron SP.
+# torchtitan: DDP (dp_replicate), FSDP2 with reshard_after_forward=False (ZeRO-2) or True (ZeRO-3); its TP plan
+# always shards norms over the sequence (SequenceParallel).
+FRAMEWORK_LIMITS: dict[str, FrameworkLimits] = {
+    "megatron-lm": FrameworkLimits(),
+    "nemo": FrameworkLimits(),
+    "megatron-deepspeed": FrameworkLimits(zero_with_pp=(0, 1), context_parallel=False, interleaved=False),
+    "deepspeed": FrameworkLimits(zero_with_pp=(0, 1), sequence_parallel=(False,), context_parallel=False,
+                                 interleaved=False),
+    "torchtitan": FrameworkLimits(zero=(0, 2, 3), zero_with_pp=(0, 2, 3), sequence_parallel=(True,)),
+    "maxtext": FrameworkLimits(),
+    "other": FrameworkLimits(),
+}
+
+
+def framework_limits(framework: str) -> FrameworkLimits:
+    return FRAMEWORK_LIMITS.get(framework, FRAMEWORK_LIMITS["other"])
+
+
 def defaults_for(framework: str) -> dict:
     return dict(FRAMEWORK_DEFAULTS.get(framework, FRAMEWORK_DEFAULTS["other"]))
 

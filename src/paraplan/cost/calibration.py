@@ -44,6 +44,9 @@ class Calibration:
     backward_host_ratio: float = 2.0       # backward launches about twice the forward's kernels (dgrad + wgrad)
     microbatch_overhead_s: float = 0.0     # per micro-batch per pipeline stage (scheduling, p2p bookkeeping)
     iteration_overhead_s: float = 0.0      # per optimizer step (logging, loss reduce, grad-norm, clipping)
+    # --- measured curves (a `paraplan profile` hardware file; empty = the analytic model alone) ---
+    gemm_measured: tuple = ()              # ((precision, m, n, k, achieved TFLOP/s), ...): cost/measured.py
+    comm_measured: tuple = ()              # ((op, group size, nodes, bytes, seconds), ...): cost/measured.py
 
     def with_(self, **changes) -> "Calibration":
         return replace(self, **changes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from paraplan.cost import measured
 from paraplan.cost.calibration import Calibration
 from paraplan.specs import LinkSpec, Strategy
 
@@ -68,6 +69,10 @@ def collective_time(op: str, nbytes: float, group: Group, intra: LinkSpec, inter
     n = group.size
     if n <= 1 or nbytes <= 0:
         return 0.0
+    if cal.comm_measured:           # a hardware profile measured this group shape: its curve, not the model
+        seconds = measured.collective_seconds(cal.comm_measured, op, nbytes, n, group.nodes)
+        if seconds is not None:
+            return seconds
     intra_bw = intra.bandwidth_gbps * 1e9 * cal.intra_node_efficiency
     if op == "all_reduce" and intra.nvls and group.ranks_per_node > 4:
         intra_bw *= cal.nvls_speedup                         # NVLS is used from 5 GPUs per node up (ml-engineering)
@@ -106,6 +111,10 @@ def p2p_time(nbytes: float, crosses_nodes: bool, intra: LinkSpec, inter: LinkSpe
     """One send/recv between neighbouring pipeline stages."""
     if nbytes <= 0:
         return 0.0
+    if cal.comm_measured:
+        seconds = measured.collective_seconds(cal.comm_measured, "send_recv", nbytes, 2, 2 if crosses_nodes else 1)
+        if seconds is not None:
+            return seconds
     if crosses_nodes:
         bw = inter.bandwidth_gbps * 1e9 * cal.inter_node_efficiency
         latency = cal.collective_latency_s + cal.inter_node_latency_s

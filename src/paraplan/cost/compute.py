@@ -8,9 +8,13 @@ Sources: perf_models.md 3.2 (Narayanan 2021 FLOP counts, LLMCompass A100 GEMM sh
 """
 from __future__ import annotations
 
+import functools
 import math
+
+import numpy as np
 from dataclasses import dataclass
 
+from paraplan.cost import measured
 from paraplan.cost.calibration import Calibration
 from paraplan.frameworks import MEGATRON_FAMILY, uses_flash_attention
 from paraplan.specs import GPUSpec, JobSpec, ModelSpec, Strategy
@@ -76,17 +80,35 @@ def gemm_time(m: int, n: int, k: int, gpu: GPUSpec, cal: Calibration, precision:
     if m <= 0 or n <= 0 or k <= 0:
         return 0.0
     flops = 2.0 * m * n * k * batch
-    peak = gpu.peak("bf16") * 1e12 * cal.clock_scale
-    if precision == "fp8":
-        peak *= cal.fp8_gemm_speedup
-    eff = cal.gemm_efficiency * tile_efficiency(m, n, batch, gpu.sm_count) * k / (k + cal.gemm_k_half)
+    peak = _gemm_peak_tflops(gpu, cal, precision) * 1e12
+    eff = gemm_efficiency(m, n, k, gpu, cal, batch)
+    if cal.gemm_measured:           # a hardware profile: measured throughput near this shape corrects the level
+        eff *= _measured_gemm_correction(gpu, cal, precision, m, n, k)
     compute = flops / (peak * eff)
     bytes_moved = (m * k + k * n) * batch * (1 if precision == "fp8" else 2) + m * n * batch * 2
     return max(compute, bytes_moved / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
 
 
-def mem_time(nbytes: float, gpu: GPUSpec, cal: Calibration) -> float:
-    return max(nbytes / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
+def _gemm_peak_tflops(gpu: GPUSpec, cal: Calibration, precision: str) -> float:
+    peak = gpu.peak("bf16") * cal.clock_scale
+    return peak * cal.fp8_gemm_speedup if precision == "fp8" else peak
+
+
+def gemm_efficiency(m: int, n: int, k: int, gpu: GPUSpec, cal: Calibration, batch: int = 1) -> float:
+    """Analytic fraction of peak: calibrated large-GEMM efficiency x tile/wave quantisation x short-K prologue."""
+    return cal.gemm_efficiency * tile_efficiency(m, n, batch, gpu.sm_count) * k / (k + cal.gemm_k_half)
+
+
+@functools.lru_cache(maxsize=65536)
+def _measured_gemm_correction(gpu: GPUSpec, cal: Calibration, precision: str, m: int, n: int, k: int) -> float:
+    rows, table_precision = measured.gemm_rows(cal.gemm_measured, precision)
+    peak = _gemm_peak_tflops(gpu, cal, table_precision)
+    return measured.gemm_correction(rows, m, n, k, lambda mm, nn, kk: peak * gemm_efficiency(mm, nn, kk, gpu, cal))
+
+
+def mem_time(nbytes, gpu: GPUSpec, cal: Calibration):
+    """Seconds of a memory-bound kernel (nbytes may be a numpy array: the search costs many at once)."""
+    return np.maximum(nbytes / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
 
 
 def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration, backward: bool) -> float:
@@ -199,27 +221,43 @@ def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bo
     return mem_time(op.bytes * (1.5 if backward else 1.0) * cal.fused_elementwise, gpu, cal)
 
 
+@dataclass(frozen=True)
+class LayerTimes:
+    """One layer, one micro-batch, one GPU: its passes and the extra forward work each recompute mode adds to the
+    backward, from one costing of its operators."""
+    compute: LayerCompute
+    recompute_gpu_s: dict           # mode -> GPU seconds ("none" 0, "selective" core attention, "full" the layer)
+    recompute_host_s: dict          # mode -> host seconds (full recompute relaunches the layer)
+
+
+SELECTIVE_RECOMPUTE_OPS = ("flash_attention", "attn_scores", "attn_dropout", "attn_context")
+
+
+def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
+                moe_layer: bool = False) -> LayerTimes:
+    """Selective recompute reruns only the attention core (a few kernels: no host cost of its own); full reruns
+    the whole forward."""
+    ops = layer_ops(model, job, strategy, moe_layer)
+    fwd = [op_time(op, gpu, cal, job.precision, backward=False) for op in ops]
+    bwd = sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops)
+    selective = sum(t for op, t in zip(ops, fwd) if op.name in SELECTIVE_RECOMPUTE_OPS or op.name.startswith("softmax"))
+    lc = LayerCompute(gpu_forward_s=sum(fwd), gpu_backward_s=bwd, host_forward_s=cal.layer_host_s,
+                      host_backward_s=cal.backward_host_ratio * cal.layer_host_s,
+                      forward_flops=sum(op.flops for op in ops))
+    return LayerTimes(lc, {"none": 0.0, "selective": selective, "full": sum(fwd)},
+                      {"none": 0.0, "selective": 0.0, "full": cal.layer_host_s})
+
+
 def layer_compute(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
                   moe_layer: bool = False) -> LayerCompute:
-    ops = layer_ops(model, job, strategy, moe_layer)
-    return LayerCompute(gpu_forward_s=sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops),
-                        gpu_backward_s=sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops),
-                        host_forward_s=cal.layer_host_s, host_backward_s=cal.backward_host_ratio * cal.layer_host_s,
-                        forward_flops=sum(op.flops for op in ops))
+    return layer_times(model, job, strategy, gpu, cal, moe_layer).compute
 
 
 def recompute_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
                    moe_layer: bool = False) -> tuple[float, float]:
-    """(GPU, host) seconds of the extra forward work in backward: the whole layer (full) or only the attention
-    core (selective, a few kernels: no host cost of its own)."""
-    if strategy.recompute == "none":
-        return 0.0, 0.0
-    ops = layer_ops(model, job, strategy, moe_layer)
-    if strategy.recompute == "selective":
-        ops = [op for op in ops if op.name in ("flash_attention", "attn_scores", "attn_dropout", "attn_context")
-               or op.name.startswith("softmax")]
-        return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), 0.0
-    return sum(op_time(op, gpu, cal, job.precision, backward=False) for op in ops), cal.layer_host_s
+    """(GPU, host) seconds of the extra forward work in backward under the strategy's recompute mode."""
+    lt = layer_times(model, job, strategy, gpu, cal, moe_layer)
+    return lt.recompute_gpu_s[strategy.recompute], lt.recompute_host_s[strategy.recompute]
 
 
 def embedding_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration) -> tuple[float, float]:
@@ -242,7 +280,7 @@ def head_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, 
     return fwd, bwd
 
 
-def optimizer_time(params_on_gpu: float, gpu: GPUSpec, cal: Calibration) -> float:
+def optimizer_time(params_on_gpu, gpu: GPUSpec, cal: Calibration):
     """Adam step over the parameters this GPU updates: reads fp32 master, 2 moments and grad (16 B), writes master,
     moments and the bf16 copy (14 B) (perf_models.md 3.2.4). Multi-tensor apply: a few large kernels."""
     return mem_time(params_on_gpu * 30, gpu, cal) + 20 * cal.kernel_floor_s

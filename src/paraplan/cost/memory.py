@@ -30,6 +30,8 @@ torchtitan (MemoryConventions flags, frameworks.py): GEMM inputs all-gathered by
 """
 from __future__ import annotations
 
+import numpy as np
+
 from paraplan.frameworks import MEGATRON_FAMILY, MemoryConventions, conventions_for, uses_flash_attention
 from paraplan.errors import ParaplanError
 from paraplan.specs.model import ModelSpec
@@ -248,20 +250,19 @@ def params_by_rank(model, strategy) -> list[tuple[float, float]]:
     return out
 
 
-def state_bytes_per_param(framework: str, zero: int, shard: int) -> tuple[float, float, float]:
+def state_bytes_per_param(framework: str, zero, shard):
     """(weight, gradient, optimizer) bytes per parameter at ZeRO stage `zero` sharded over `shard` ranks.
     Megatron-family bf16/fp16: 2 + 4 (fp32 main grad) + 12 -> 18, distributed optimizer 6 + 12/d
     (theoretical_memory_usage.py; dist_optimizer.md). ZeRO-2 also shards grads, ZeRO-3 params (ZeRO paper).
-    torchtitan/MaxText: fp32 sharded params 4 + grads 4 + Adam 8 = 16/d under FSDP (ZeRO-3)."""
+    torchtitan/MaxText: fp32 sharded params 4 + grads 4 + Adam 8 = 16/d under FSDP (ZeRO-3).
+    `zero` and `shard` may be numpy arrays (the search's memory bound)."""
     conv = conventions_for(framework)
-    p, g, o = conv.param_bytes, conv.grad_bytes, conv.optimizer_bytes
-    d = max(1, shard)
-    if zero >= 1:
-        o /= d
-    if zero >= 2:
-        g /= d
-    if zero >= 3:
-        p /= d
+    d = np.maximum(1, shard)
+    p = np.where(zero >= 3, conv.param_bytes / d, conv.param_bytes)
+    g = np.where(zero >= 2, conv.grad_bytes / d, conv.grad_bytes)
+    o = np.where(zero >= 1, conv.optimizer_bytes / d, conv.optimizer_bytes)
+    if np.ndim(p) == 0:
+        return float(p), float(g), float(o)
     return p, g, o
 
 

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+import numpy as np
 
 from paraplan.errors import ParaplanError
+from paraplan.frameworks import framework_limits
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 SCHEDULES = ("1f1b", "interleaved", "gpipe")
@@ -133,85 +137,110 @@ def default_layer_split(layers: int, stages: int) -> tuple[int, ...]:
     return tuple(counts)
 
 
-# ---- validity rules: each returns None when satisfied, or a one-line reason ---------------------------------------
-def rule_world_size(s, model, cluster, job):
-    if s.world_size != cluster.num_gpus:
-        return f"tp*cp*dp*pp = {s.world_size} must equal the cluster's {cluster.num_gpus} GPUs"
+# ---- validity rules ---------------------------------------------------------------------------------------------
+# Each rule is a predicate `broken(s, model, cluster, job)` written with arithmetic, comparisons and `&`/`|` only, so
+# the same expression judges one Strategy (giving a bool) or a whole search space at once (StrategyColumns of numpy
+# arrays, giving a bool array), and a `reason` that explains a broken rule in one line for one Strategy.
+
+def _either(cond, a, b):
+    """a where cond else b, for scalars and numpy arrays alike."""
+    return np.where(cond, a, b)
 
 
-def rule_heads_divisible_by_tp(s, model, cluster, job):
-    if model.heads % s.tp:
-        return f"attention heads ({model.heads}) must be divisible by tp ({s.tp})"
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    broken: Callable      # (strategy or columns, model, cluster, job) -> bool or bool array
+    reason: Callable      # (strategy, model, cluster, job) -> one-line explanation
 
 
-def rule_kv_heads_vs_tp(s, model, cluster, job):
-    # Megatron replicates KV heads when tp > kv_heads only if tp is a multiple of kv_heads.
-    if model.kv_heads % s.tp and s.tp % model.kv_heads:
-        return f"kv_heads ({model.kv_heads}) and tp ({s.tp}) must divide one another"
+def _sequence_shards(s):
+    return _either(s.cp > 1, 2 * s.cp, 1) * _either(s.sequence_parallel, s.tp, 1)
 
 
-def rule_ffn_divisible_by_tp(s, model, cluster, job):
-    if model.ffn % s.tp:
-        return f"ffn size ({model.ffn}) must be divisible by tp ({s.tp})"
-
-
-def rule_layers_split(s, model, cluster, job):
-    stages = s.pp * s.vpp
-    if s.layers_per_stage is not None:
+def _layers_broken(s, model, cluster, job):
+    if getattr(s, "layers_per_stage", None) is not None:
         counts = s.layers_per_stage
-        if len(counts) != stages or sum(counts) != model.layers or min(counts) < 1:
-            return (f"layers_per_stage {counts} must have pp*vpp={stages} positive entries summing to "
-                    f"{model.layers}")
-        return None
-    if model.layers < stages:
-        return f"layers ({model.layers}) must be at least pp*vpp ({s.pp}*{s.vpp})"
+        return len(counts) != s.pp * s.vpp or sum(counts) != model.layers or min(counts) < 1
+    return model.layers < s.pp * s.vpp
 
 
-def rule_batch_divisible(s, model, cluster, job):
-    if job.global_batch % (s.dp * s.micro_batch):
-        return f"global batch ({job.global_batch}) must be divisible by dp*micro_batch ({s.dp}*{s.micro_batch})"
+def _layers_reason(s, model, cluster, job):
+    if s.layers_per_stage is not None:
+        return (f"layers_per_stage {s.layers_per_stage} must have pp*vpp={s.pp * s.vpp} positive entries summing to "
+                f"{model.layers}")
+    return f"layers ({model.layers}) must be at least pp*vpp ({s.pp}*{s.vpp})"
 
 
-def rule_interleaving(s, model, cluster, job):
-    if s.vpp > 1:
-        if s.pp < 2:
-            return "interleaved schedule (vpp > 1) needs pp >= 2"
-        # Megatron (schedules.py): micro-batches go through the chunks in groups of pp, so their number must be a
-        # multiple of pp (microbatch_group_size_per_vp_stage defaults to pp)
-        m = s.num_microbatches(job.global_batch)
-        if m % s.pp:
-            return (f"interleaved schedule (vpp > 1) needs the micro-batches per pipeline ({m} = global batch / "
-                    f"(dp*micro_batch)) to be a multiple of pp ({s.pp})")
+def _interleaving_reason(s, model, cluster, job):
+    if s.pp < 2:
+        return "interleaved schedule (vpp > 1) needs pp >= 2"
+    return (f"interleaved schedule (vpp > 1) needs the micro-batches per pipeline ({s.num_microbatches(job.global_batch)}"
+            f" = global batch / (dp*micro_batch)) to be a multiple of pp ({s.pp})")
 
 
-def rule_sequence_divisible(s, model, cluster, job):
-    shards = s.cp * 2 if s.cp > 1 else 1      # causal load balancing splits the sequence into 2*cp chunks
-    if job.seq_len % (shards * (s.tp if s.sequence_parallel else 1)):
-        return f"sequence length ({job.seq_len}) must be divisible by {'2*cp' if s.cp > 1 else ''}{'*tp (SP)' if s.sequence_parallel else ''} = {shards * (s.tp if s.sequence_parallel else 1)}"
+def _experts_broken(s, model, cluster, job):
+    experts = model.moe.num_experts if model.moe else 1
+    return (s.ep > 1) & ((model.moe is None) | (experts % s.ep != 0) | ((s.tp * s.dp * s.cp) % s.ep != 0))
 
 
-def rule_sequence_parallel_needs_tp(s, model, cluster, job):
-    if s.sequence_parallel and s.tp == 1:
-        return None  # harmless: Megatron ignores SP at tp=1
+def _experts_reason(s, model, cluster, job):
+    if not model.moe:
+        return f"ep={s.ep} needs a mixture-of-experts model; {model.name} is dense"
+    if model.moe.num_experts % s.ep:
+        return f"experts ({model.moe.num_experts}) must be divisible by ep ({s.ep})"
+    return f"ep ({s.ep}) must divide tp*dp*cp ({s.tp * s.dp * s.cp})"
 
 
-def rule_experts(s, model, cluster, job):
-    if s.ep > 1:
-        if not model.moe:
-            return f"ep={s.ep} needs a mixture-of-experts model; {model.name} is dense"
-        if model.moe.num_experts % s.ep:
-            return f"experts ({model.moe.num_experts}) must be divisible by ep ({s.ep})"
-        if (s.tp * s.dp * s.cp) % s.ep:
-            return f"ep ({s.ep}) must divide tp*dp*cp ({s.tp * s.dp * s.cp})"
+def _framework_broken(s, model, cluster, job):
+    lim = framework_limits(job.framework)
+    zero_ok = np.isin(s.zero, lim.zero) & ((s.pp == 1) | np.isin(s.zero, lim.zero_with_pp))
+    sp_ok = _either(s.tp > 1, np.isin(s.sequence_parallel, lim.sequence_parallel), True)
+    return ~zero_ok | ~sp_ok | ((s.cp > 1) & (not lim.context_parallel)) | ((s.vpp > 1) & (not lim.interleaved))
 
 
-RULES = (rule_world_size, rule_heads_divisible_by_tp, rule_kv_heads_vs_tp, rule_ffn_divisible_by_tp, rule_layers_split,
-         rule_batch_divisible, rule_interleaving, rule_sequence_divisible, rule_experts)
+def _framework_reason(s, model, cluster, job):
+    lim, fw = framework_limits(job.framework), job.framework
+    if s.zero not in lim.zero:
+        return f"{fw} offers ZeRO stages {', '.join(map(str, lim.zero))}, not zero={s.zero}"
+    if s.pp > 1 and s.zero not in lim.zero_with_pp:
+        return f"{fw} allows only ZeRO stages {', '.join(map(str, lim.zero_with_pp))} with pipeline parallelism (pp={s.pp})"
+    if s.tp > 1 and s.sequence_parallel not in lim.sequence_parallel:
+        return f"{fw} runs tensor parallelism with sequence_parallel={str(lim.sequence_parallel[0]).lower()} only"
+    if s.cp > 1 and not lim.context_parallel:
+        return f"{fw} has no context parallelism (cp={s.cp})"
+    return f"{fw} has no interleaved pipeline schedule (vpp={s.vpp})"
+
+
+RULES = (
+    Rule("world_size", lambda s, m, c, j: s.world_size != c.num_gpus,
+         lambda s, m, c, j: f"tp*cp*dp*pp = {s.world_size} must equal the cluster's {c.num_gpus} GPUs"),
+    Rule("heads_divisible_by_tp", lambda s, m, c, j: m.heads % s.tp != 0,
+         lambda s, m, c, j: f"attention heads ({m.heads}) must be divisible by tp ({s.tp})"),
+    # Megatron replicates KV heads when tp > kv_heads only if tp is a multiple of kv_heads
+    Rule("kv_heads_vs_tp", lambda s, m, c, j: (m.kv_heads % s.tp != 0) & (s.tp % m.kv_heads != 0),
+         lambda s, m, c, j: f"kv_heads ({m.kv_heads}) and tp ({s.tp}) must divide one another"),
+    Rule("ffn_divisible_by_tp", lambda s, m, c, j: m.ffn % s.tp != 0,
+         lambda s, m, c, j: f"ffn size ({m.ffn}) must be divisible by tp ({s.tp})"),
+    Rule("layers_split", _layers_broken, _layers_reason),
+    Rule("batch_divisible", lambda s, m, c, j: j.global_batch % (s.dp * s.micro_batch) != 0,
+         lambda s, m, c, j: f"global batch ({j.global_batch}) must be divisible by dp*micro_batch ({s.dp}*{s.micro_batch})"),
+    # Megatron (schedules.py): micro-batches go through the chunks in groups of pp, so their number must be a
+    # multiple of pp (microbatch_group_size_per_vp_stage defaults to pp)
+    Rule("interleaving", lambda s, m, c, j: (s.vpp > 1) & ((s.pp < 2) | (s.num_microbatches(j.global_batch) % s.pp != 0)),
+         _interleaving_reason),
+    # causal load balancing splits the sequence into 2*cp chunks; SP splits it again over tp
+    Rule("sequence_divisible", lambda s, m, c, j: j.seq_len % _sequence_shards(s) != 0,
+         lambda s, m, c, j: f"sequence length ({j.seq_len}) must be divisible by "
+                            f"{'2*cp' if s.cp > 1 else ''}{'*tp (SP)' if s.sequence_parallel else ''} = {int(_sequence_shards(s))}"),
+    Rule("experts", _experts_broken, _experts_reason),
+    Rule("framework_supports", _framework_broken, _framework_reason),
+)
 
 
 def violations(strategy, model, cluster, job) -> list[str]:
     """All broken rules, as one-line reasons (empty when the strategy is valid)."""
-    return [reason for rule in RULES if (reason := rule(strategy, model, cluster, job))]
+    return [rule.reason(strategy, model, cluster, job) for rule in RULES if bool(rule.broken(strategy, model, cluster, job))]
 
 
 def check(strategy, model, cluster, job) -> None:

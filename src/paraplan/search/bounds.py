@@ -1,0 +1,137 @@
+"""Lower bounds on a candidate's iteration time and peak memory, for every candidate of a space at once.
+
+Both are provably at most what `paraplan.estimate.estimate` returns for the same candidate, so a candidate whose
+bound already loses (slower than the K-th best simulated plan, or more memory than the GPU has) can be dropped
+without simulating it. Each bound keeps only terms of the estimate that are sums of non-negative parts:
+
+time   The estimate runs each layer pass at max(host launch time, GPU kernels + exposed communication); the bound
+       keeps all of it but ZeRO-3's parameter gathers (they depend on dp; leaving them out only lowers it). In any pipeline schedule rank r cannot start before micro-batch 0 has gone
+       forward through virtual stages 0..r-1, works its m micro-batches back to back at best, and its last op (the
+       backward of the last micro-batch on its first chunk) is followed by that micro-batch's backward on stages
+       r-1..0; the iteration then ends after rank 0's optimizer step. So
+           T >= max_r [ sum_{r'<r} (F_r'0 + B_r'0) + m * sum_c (F_rc + B_rc) ] + min_r optimizer_r + overhead,
+       F_rc, B_rc the forward/backward of chunk c on rank r for one micro-batch (embedding on
+       stage 0, LM head on the last). For an even 1F1B pipeline this is exactly (m + pp - 1)(t_f + t_b).
+memory Model states (weights, gradients, optimizer state by ZeRO stage) on each rank, plus one micro-batch chunk
+       of stored activations (at least one is in flight on every rank), plus the fixed framework overhead.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from paraplan.cost import compute, memory
+from paraplan.cost.calibration import Calibration
+from paraplan.estimate import layer_passes
+from paraplan.frameworks import conventions_for, strategy_defaults
+from paraplan.search.space import FRAMEWORK_FLAGS, StrategyColumns
+from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Strategy
+
+
+def _groups(*columns: np.ndarray):
+    """(unique rows, inverse index) of the candidates' key columns."""
+    stacked = np.stack([np.asarray(c, dtype=np.int64) for c in columns], axis=1)
+    keys, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    return keys, inverse.reshape(-1)
+
+
+def _strategy(job: JobSpec, **fields) -> Strategy:
+    defaults = strategy_defaults(job.framework, fields.get("tp", 1), job.precision, fields.get("sequence_parallel"))
+    return Strategy(**fields, **{k: defaults[k] for k in FRAMEWORK_FLAGS})
+
+
+_RECOMPUTE_MODES = ("none", "selective", "full")
+_RECOMPUTE_CODE = {mode: i for i, mode in enumerate(_RECOMPUTE_MODES)}
+
+
+def _first_layer(model: ModelSpec, moe: bool) -> int:
+    return next(i for i in range(model.layers) if model.is_moe_layer(i) == moe)
+
+
+class Bounds:
+    """time_s[i], memory_gib[i]: lower bounds for candidate i of `cand`."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, job: JobSpec, cal: Calibration, cand: StrategyColumns):
+        self.model, self.cluster, self.job, self.cal = model, cluster, job, cal
+        n = len(cand)
+        self.time_s = np.zeros(n)
+        self.memory_gib = np.zeros(n)
+        if n == 0:
+            return
+        rc = np.vectorize(_RECOMPUTE_CODE.get, otypes=[np.int64])(cand.recompute)
+        sp = cand.sequence_parallel.astype(np.int64)
+        etp = cand.expert_tp
+        # per layer and micro-batch: forward + backward pass seconds of a dense and an MoE layer, communication
+        # included except ZeRO-3's gathers (their exposed part only adds: see estimate._pass_cost)
+        keys, inv = _groups(cand.tp, cand.cp, cand.micro_batch, sp, rc, cand.ep, etp)
+        layer_fb = np.zeros((len(keys), 2))          # [key, moe]
+        emb_head = np.zeros((len(keys), 2))          # [key, (embedding f+b, head f+b)]
+        for k, (tp, cp, mb, spk, rck, ep, etpk) in enumerate(keys):
+            s = _strategy(job, tp=int(tp), cp=int(cp), micro_batch=int(mb), sequence_parallel=bool(spk), ep=int(ep),
+                          recompute=_RECOMPUTE_MODES[int(rck)],
+                          dp=int(ep) if int(etpk) == int(tp) else 1)   # dp only decides expert TP here
+            for moe in ((False, True) if model.moe else (False,)):
+                fwd, bwd, _ = layer_passes(model, job, s, cluster, cal, _first_layer(model, moe))
+                layer_fb[k, int(moe)] = fwd.time_s + bwd.time_s
+            emb_head[k] = (sum(compute.embedding_time(model, job, s, cluster.gpu, cal)),
+                           sum(compute.head_time(model, job, s, cluster.gpu, cal)))
+        pass_dense = layer_fb[inv, 0]
+        pass_moe = layer_fb[inv, 1] if model.moe else pass_dense
+        emb, head = emb_head[inv, 0], emb_head[inv, 1]
+
+        act_keys, act_inv = _groups(cand.tp, cand.cp, cand.micro_batch, sp, rc, cand.ep, etp)
+        act = np.zeros((len(act_keys), 2))
+        for k, (tp, cp, mb, spk, rck, ep, etpk) in enumerate(act_keys):
+            s = _strategy(job, tp=int(tp), cp=int(cp), micro_batch=int(mb), sequence_parallel=bool(spk), ep=int(ep),
+                          recompute=_RECOMPUTE_MODES[int(rck)], dp=int(ep) if int(etpk) == int(tp) else 1)
+            act[k] = (memory.activation_bytes_per_layer(model, job, s),
+                      memory.activation_bytes_per_layer(model, job, s, moe_layer=True) if model.moe else 0.0)
+        act_dense, act_moe = act[act_inv, 0], act[act_inv, 1]
+
+        conv = conventions_for(job.framework)
+        m = cand.num_microbatches(job.global_batch).astype(float)
+        capacity = cluster.gpu.hbm_gib * (1 - job.memory_headroom)
+        self.capacity_gib = capacity
+        lay_keys, lay_inv = _groups(cand.tp, cand.pp, cand.vpp, cand.ep, etp)
+        for k, (tp, pp, vpp, ep, etpk) in enumerate(lay_keys):
+            rows = np.flatnonzero(lay_inv == k)
+            s = _strategy(job, tp=int(tp), pp=int(pp), vpp=int(vpp), ep=int(ep),
+                          dp=int(ep) if int(etpk) == int(tp) else 1)
+            chunks = memory.stage_layers(model, s)                      # rank-major: entry r*vpp + c
+            moe_count = np.array([[sum(model.is_moe_layer(i) for i in chunks[r * vpp + c]) for c in range(vpp)]
+                                  for r in range(pp)], dtype=float)
+            all_count = np.array([[len(chunks[r * vpp + c]) for c in range(vpp)] for r in range(pp)], dtype=float)
+            dense_count = all_count - moe_count
+            params = np.array(memory.params_by_rank(model, s))        # [rank, (dense, expert)]
+            self._time(rows, cand, dense_count, moe_count, params, pass_dense, pass_moe, emb, head, m)
+            self._memory(rows, cand, dense_count, moe_count, params, act_dense, act_moe, conv)
+
+    def _time(self, rows, cand, dense_count, moe_count, params, pass_dense, pass_moe, emb, head, m):
+        cal, vpp = self.cal, dense_count.shape[1]
+        pd, pmoe = pass_dense[rows, None], pass_moe[rows, None]                    # [cand, 1]
+        chunk0 = dense_count[None, :, 0] * pd + moe_count[None, :, 0] * pmoe       # [cand, rank]
+        chunk0 = chunk0 + cal.microbatch_overhead_s / vpp
+        chunk0[:, 0] += emb[rows]
+        busy = dense_count.sum(1)[None, :] * pd + moe_count.sum(1)[None, :] * pmoe + cal.microbatch_overhead_s
+        busy[:, 0] += emb[rows]
+        busy[:, -1] += head[rows]
+        prefix = np.cumsum(chunk0, axis=1) - chunk0                                # sum over r' < r
+        pipeline = (prefix + m[rows, None] * busy).max(axis=1)
+        zero, dp, cp, edp = cand.zero[rows, None], cand.dp[rows, None], cand.cp[rows, None], cand.expert_dp[rows, None]
+        dense_p, expert_p = params[None, :, 0], params[None, :, 1]
+        shard = np.where(zero >= 1, dense_p / (dp * cp) + expert_p / edp, dense_p + expert_p)
+        optimizer = compute.optimizer_time(shard, self.cluster.gpu, cal).min(axis=1)
+        self.time_s[rows] = pipeline + optimizer + cal.iteration_overhead_s
+
+    def _memory(self, rows, cand, dense_count, moe_count, params, act_dense, act_moe, conv):
+        fw, vpp = self.job.framework, dense_count.shape[1]
+        zero = cand.zero[rows, None]
+        wd, gd, od = memory.state_bytes_per_param(fw, zero, (cand.dp * cand.cp)[rows, None])
+        we, ge, oe = memory.state_bytes_per_param(fw, zero, cand.expert_dp[rows, None])
+        dense_p, expert_p = params[None, :, 0], params[None, :, 1]
+        states = dense_p * (wd + gd + od) + expert_p * (we + ge + oe)
+        if self.job.precision == "fp8":
+            states = states + np.where(zero >= 3, 0.0, dense_p + expert_p)          # TE fp8 weight copy
+        one_chunk = (dense_count.sum(1)[None, :] * act_dense[rows, None]
+                     + moe_count.sum(1)[None, :] * act_moe[rows, None]) / vpp
+        total = states + one_chunk * (1 + conv.overhead_fraction)
+        self.memory_gib[rows] = total.max(axis=1) / memory.GIB + conv.overhead_fixed_gib

@@ -1,0 +1,123 @@
+"""Where candidates are simulated: in this process, in local worker processes, or on a Ray cluster.
+
+Every executor maps `evaluate` over a batch of strategies and returns the results in the batch's order, so a search
+gives the same plans whatever the executor and the number of workers.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+from paraplan.errors import ParaplanError
+from paraplan.estimate import finish, prepare, time_lower_bound
+
+EXECUTORS = ("serial", "process", "ray")
+
+_context: dict = {}      # per worker process: the search's model, cluster, job, calibration and layer cache
+
+
+def _init(model, cluster, job, cal) -> None:
+    _context.update(model=model, cluster=cluster, job=job, cal=cal, cache={})
+
+
+def evaluate(strategy, threshold: float = float("inf")):
+    """The Plan of one candidate in this process's search context, or, when its exact stage costs already bound
+    its time above `threshold`, that bound (a float) without simulating it."""
+    c = _context
+    prep = prepare(c["model"], c["cluster"], c["job"], strategy, calibration=c["cal"], layer_cache=c["cache"])
+    bound = time_lower_bound(prep)
+    if bound > threshold:
+        return bound
+    return finish(c["model"], c["cluster"], c["job"], prep)
+
+
+def _evaluate_batch(strategies, threshold: float = float("inf")):
+    return [evaluate(s, threshold) for s in strategies]
+
+
+class SerialExecutor:
+    name, workers = "serial", 1
+
+    def __init__(self, model, cluster, job, cal):
+        _init(model, cluster, job, cal)
+
+    def map(self, strategies, threshold=float("inf")):
+        return _evaluate_batch(strategies, threshold)
+
+    def close(self):
+        pass
+
+
+class ProcessExecutor:
+    """A pool of local processes, started on the first batch big enough to be worth it."""
+    name = "process"
+
+    def __init__(self, model, cluster, job, cal, workers: int | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self._args = (model, cluster, job, cal)
+        self._pool = None
+        _init(model, cluster, job, cal)
+
+    def map(self, strategies, threshold=float("inf")):
+        if self.workers == 1 or len(strategies) < 2 * self.workers:
+            return _evaluate_batch(strategies, threshold)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, initializer=_init, initargs=self._args)
+        chunks = [strategies[i::self.workers] for i in range(self.workers)]
+        parts = list(self._pool.map(_evaluate_batch, chunks, [threshold] * self.workers))
+        out = [None] * len(strategies)
+        for w, part in enumerate(parts):
+            out[w::self.workers] = part
+        return out
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+class RayExecutor:
+    """Ray tasks on the cluster at `address` (None: a local Ray instance). Ray is an optional extra."""
+    name = "ray"
+
+    def __init__(self, model, cluster, job, cal, workers: int | None = None, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise ParaplanError("--executor ray needs Ray: pip install 'paraplan[ray]'") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"num_cpus": workers or os.cpu_count()}))
+        self.workers = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
+        context = ray.put((model, cluster, job, cal))
+
+        @ray.remote
+        def batch(ctx, strategies, threshold):
+            _init(*ctx)          # each task brings the search context (Ray keeps the object in its store)
+            return _evaluate_batch(strategies, threshold)
+
+        self._batch, self._ctx = batch, context
+        _init(model, cluster, job, cal)
+
+    def map(self, strategies, threshold=float("inf")):
+        if len(strategies) < 2 * self.workers:
+            return _evaluate_batch(strategies, threshold)
+        chunks = [strategies[i::self.workers] for i in range(self.workers)]
+        parts = self._ray.get([self._batch.remote(self._ctx, c, threshold) for c in chunks])
+        out = [None] * len(strategies)
+        for w, part in enumerate(parts):
+            out[w::self.workers] = part
+        return out
+
+    def close(self):
+        pass
+
+
+def make_executor(name: str, model, cluster, job, cal, workers: int | None = None, address: str | None = None):
+    if name == "serial" or (name == "process" and workers == 1):
+        return SerialExecutor(model, cluster, job, cal)
+    if name == "process":
+        return ProcessExecutor(model, cluster, job, cal, workers)
+    if name == "ray":
+        return RayExecutor(model, cluster, job, cal, workers, address)
+    raise ParaplanError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")
