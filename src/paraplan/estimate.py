@@ -10,9 +10,9 @@ from paraplan.cost import comm, compute, memory
 from paraplan.cost.calibration import Calibration, calibration_for
 from paraplan.errors import ParaplanError
 from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param
-from paraplan.sim.engine import PipelineCosts, simulate_pipeline
+from paraplan.sim.engine import PipelineCosts, peak_inflight, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
-from paraplan.specs.plan import Timeline, TimeBreakdown
+from paraplan.specs.plan import MemoryBreakdown, Timeline, TimeBreakdown
 from paraplan.specs.strategy import check, default_layer_split
 
 MAX_MICROBATCHES = 16_384            # event simulation cost grows with m; real jobs use tens to hundreds
@@ -109,18 +109,23 @@ def _pass_cost(host_s: float, gpu_s: float, comms: dict, cal: Calibration) -> _P
                      slowdown * share)
 
 
-def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int) -> tuple[_PassCost, _PassCost, float]:
-    """(forward, backward, recompute GPU seconds) of one layer for one micro-batch on one GPU."""
+def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int,
+                 cache: dict | None = None) -> tuple[_PassCost, _PassCost, float]:
+    """(forward, backward, recompute GPU seconds) of one layer for one micro-batch on one GPU. `cache`: as
+    estimate's layer_cache (the operators' times are shared by every recompute mode and ZeRO stage)."""
     gpu = cluster.gpu
     g = cluster.primary
     moe_layer = model.is_moe_layer(layer_index)
-    lt = compute.layer_times(model, job, s, gpu, cal, moe_layer)
+    times_key = ("times", s.tp, s.cp, s.micro_batch, s.sequence_parallel, s.ep, s.expert_tp, moe_layer)
+    if cache is None or times_key not in cache:
+        lt = compute.layer_times(model, job, s, gpu, cal, moe_layer)
+        if cache is not None:
+            cache[times_key] = lt
+    else:
+        lt = cache[times_key]
     lc = lt.compute
     rc_gpu, rc_host = lt.recompute_gpu_s[s.recompute], lt.recompute_host_s[s.recompute]
-    attn_ops = [op for op in compute.layer_ops(model, job, s, moe_layer)
-                if op.name in ("flash_attention", "attn_scores", "attn_context")]
-    attn_f = sum(compute.op_time(op, gpu, cal, job.precision, False) for op in attn_ops)
-    attn_b = sum(compute.op_time(op, gpu, cal, job.precision, True) for op in attn_ops)
+    attn_f, attn_b = lt.attention_forward_s, lt.attention_backward_s
     comm_f, comm_b = _layer_comm(model, job, s, cluster, cal, moe_layer, attn_f, attn_b)
     bwd_gpu, bwd_host = lc.gpu_backward_s + rc_gpu, lc.host_backward_s + rc_host
     if s.zero == 3 and s.dp * s.cp > 1:
@@ -153,19 +158,24 @@ def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[li
     costs = []
     for layers in layers_by_chunk:
         sc = _StageCost()
+        counts: dict[bool, int] = {}
         for li in layers:
-            key = layer_cache_key(s, model.is_moe_layer(li))
+            moe_layer = model.is_moe_layer(li)
+            counts[moe_layer] = counts.get(moe_layer, 0) + 1
+        for moe_layer, n in counts.items():
+            key = layer_cache_key(s, moe_layer)
             if key not in cache:
-                cache[key] = layer_passes(model, job, s, cluster, cal, li)
+                first = next(li for li in layers if model.is_moe_layer(li) == moe_layer)
+                cache[key] = layer_passes(model, job, s, cluster, cal, first, cache)
             fwd, bwd, recompute_s = cache[key]
-            sc.forward_s += fwd.time_s
-            sc.backward_s += bwd.time_s
-            sc.compute_s += fwd.compute_s + bwd.compute_s
-            sc.recompute_s += recompute_s
-            sc.slowdown_s += fwd.slowdown_s + bwd.slowdown_s
+            sc.forward_s += n * fwd.time_s
+            sc.backward_s += n * bwd.time_s
+            sc.compute_s += n * (fwd.compute_s + bwd.compute_s)
+            sc.recompute_s += n * recompute_s
+            sc.slowdown_s += n * (fwd.slowdown_s + bwd.slowdown_s)
             for p in (fwd, bwd):
-                _accumulate(sc.exposed, p.exposed)
-                _accumulate(sc.overlapped, p.overlapped)
+                _accumulate(sc.exposed, {k: n * v for k, v in p.exposed.items()})
+                _accumulate(sc.overlapped, {k: n * v for k, v in p.overlapped.items()})
         costs.append(sc)
     return costs
 
@@ -321,8 +331,16 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     return finish(model, cluster, job, prep, record_events)
 
 
-def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared, record_events: bool = False) -> Plan:
-    """Simulate the pipeline of a prepared estimate and assemble the Plan."""
+def memory_of(model: ModelSpec, job: JobSpec, prep: Prepared, gpu) -> MemoryBreakdown:
+    """Peak memory per GPU of a prepared estimate: it needs the schedule's in-flight micro-batches, not its times."""
+    s = prep.strategy
+    return memory.memory_per_gpu(model, job, s, gpu,
+                                 inflight_microbatches=peak_inflight(prep.schedule, s.pp, s.vpp, prep.m))
+
+
+def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared, record_events: bool = False,
+           mem: MemoryBreakdown | None = None) -> Plan:
+    """Simulate the pipeline of a prepared estimate and assemble the Plan (`mem`: memory_of(), if already known)."""
     p, s, cal, m, schedule = prep, prep.strategy, prep.calibration, prep.m, prep.schedule
     fwd, bwd, p2p, overlapped_p2p = p.forward_s, p.backward_s, p.p2p_s, p.p2p_overlapped
     dp_exposed, dp_overlapped, optimizer_s = p.dp_exposed, p.dp_overlapped, p.optimizer_s
@@ -357,7 +375,8 @@ def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared,
                               exposed_comm_s=exposed, overlapped_comm_s=overlapped, overlap_slowdown_s=slowdown,
                               bubble_s=bubble, optimizer_s=optimizer_s[critical], overhead_s=overhead)
 
-    mem = memory.memory_per_gpu(model, job, s, gpu, inflight_microbatches=pipe.peak_inflight_microbatches)
+    if mem is None:
+        mem = memory.memory_per_gpu(model, job, s, gpu, inflight_microbatches=pipe.peak_inflight_microbatches)
     flops = compute.model_flops_per_iteration(model, job)
     tflops = flops / iteration / cluster.num_gpus / 1e12
     timeline = Timeline(pipe, fwd, bwd, p2p, overlapped_p2p, dp_exposed, dp_overlapped, optimizer_s,

@@ -228,15 +228,26 @@ def layer_params_on_gpu(model, strategy, i) -> tuple[float, float]:
     return dense + model.mlp_params(model.ffn) / t, 0.0
 
 
+def _params_by_kind(model, strategy) -> dict[bool, tuple[float, float]]:
+    """layer_params_on_gpu of a dense and of an MoE layer (they differ only by kind)."""
+    out = {}
+    for i in range(model.layers):
+        kind = model.is_moe_layer(i)
+        if kind not in out:
+            out[kind] = layer_params_on_gpu(model, strategy, i)
+    return out
+
+
 def params_by_rank(model, strategy) -> list[tuple[float, float]]:
     """(non-expert, expert) parameters held by each pipeline rank. Embedding on rank 0, final norm and LM head
     on the last rank (both / tp); tied embeddings keep a copy on the last stage when pp > 1 (Megatron)."""
     out = []
     layers = rank_layers(model, strategy)
+    per_layer = _params_by_kind(model, strategy)
     for r, idx in enumerate(layers):
         dense = expert = 0.0
         for i in idx:
-            d, e = layer_params_on_gpu(model, strategy, i)
+            d, e = per_layer[model.is_moe_layer(i)]
             dense, expert = dense + d, expert + e
         if r == 0:
             dense += model.embedding_params() / strategy.tp
@@ -300,11 +311,12 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
             kw = 2 * model.q_dim / s.tp
         cp_kv = (s.cp - 1) * tokens * 2 * kw
     out = []
+    per_layer_params = _params_by_kind(model, s)
     for r, (pdense, pexp) in enumerate(params_by_rank(model, s)):
         weights = pdense * wd + pexp * we
         grads = pdense * gd + pexp * ge
         optim = pdense * od + pexp * oe
-        local = [layer_params_on_gpu(model, s, i) for i in layers[r]]
+        local = [per_layer_params[model.is_moe_layer(i)] for i in layers[r]]
         norms = model.norm_params_per_layer()
         biggest_layer = max((d + e for d, e in local), default=0.0)
         big_linear = max((d - norms for d, e in local), default=0.0) if fp8_gather else 0.0

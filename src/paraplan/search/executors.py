@@ -9,40 +9,46 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 from paraplan.errors import ParaplanError
-from paraplan.estimate import finish, prepare, time_lower_bound
+from paraplan.estimate import finish, memory_of, prepare, time_lower_bound
 
 EXECUTORS = ("serial", "process", "ray")
 
 _context: dict = {}      # per worker process: the search's model, cluster, job, calibration and layer cache
 
 
-def _init(model, cluster, job, cal) -> None:
-    _context.update(model=model, cluster=cluster, job=job, cal=cal, cache={})
+def _init(model, cluster, job, cal, cache: dict | None = None) -> None:
+    _context.update(model=model, cluster=cluster, job=job, cal=cal, cache={} if cache is None else cache)
 
 
-def evaluate(strategy, threshold: float = float("inf")):
-    """The Plan of one candidate in this process's search context, or, when its exact stage costs already bound
-    its time above `threshold`, that bound (a float) without simulating it."""
+STAGE_BOUND, OUT_OF_MEMORY = "stage_cost_bound", "out_of_memory"
+
+
+def evaluate(strategy, threshold: float = float("inf"), skip_unfit: bool = True):
+    """The Plan of one candidate in this process's search context; or, without simulating it, STAGE_BOUND when its
+    exact stage costs already bound its time above `threshold`, or OUT_OF_MEMORY (with `skip_unfit`) when its
+    exact memory, known before the simulation, exceeds the GPU."""
     c = _context
     prep = prepare(c["model"], c["cluster"], c["job"], strategy, calibration=c["cal"], layer_cache=c["cache"])
-    bound = time_lower_bound(prep)
-    if bound > threshold:
-        return bound
-    return finish(c["model"], c["cluster"], c["job"], prep)
+    if time_lower_bound(prep) > threshold:
+        return STAGE_BOUND
+    mem = memory_of(c["model"], c["job"], prep, c["cluster"].gpu)
+    if skip_unfit and not mem.fits:
+        return OUT_OF_MEMORY
+    return finish(c["model"], c["cluster"], c["job"], prep, mem=mem)
 
 
-def _evaluate_batch(strategies, threshold: float = float("inf")):
-    return [evaluate(s, threshold) for s in strategies]
+def _evaluate_batch(strategies, threshold: float = float("inf"), skip_unfit: bool = True):
+    return [evaluate(s, threshold, skip_unfit) for s in strategies]
 
 
 class SerialExecutor:
     name, workers = "serial", 1
 
-    def __init__(self, model, cluster, job, cal):
-        _init(model, cluster, job, cal)
+    def __init__(self, model, cluster, job, cal, cache=None):
+        _init(model, cluster, job, cal, cache)
 
-    def map(self, strategies, threshold=float("inf")):
-        return _evaluate_batch(strategies, threshold)
+    def map(self, strategies, threshold=float("inf"), skip_unfit=True):
+        return _evaluate_batch(strategies, threshold, skip_unfit)
 
     def close(self):
         pass
@@ -52,19 +58,19 @@ class ProcessExecutor:
     """A pool of local processes, started on the first batch big enough to be worth it."""
     name = "process"
 
-    def __init__(self, model, cluster, job, cal, workers: int | None = None):
+    def __init__(self, model, cluster, job, cal, workers: int | None = None, cache=None):
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._args = (model, cluster, job, cal)
         self._pool = None
-        _init(model, cluster, job, cal)
+        _init(model, cluster, job, cal, cache)
 
-    def map(self, strategies, threshold=float("inf")):
+    def map(self, strategies, threshold=float("inf"), skip_unfit=True):
         if self.workers == 1 or len(strategies) < 2 * self.workers:
-            return _evaluate_batch(strategies, threshold)
+            return _evaluate_batch(strategies, threshold, skip_unfit)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, initializer=_init, initargs=self._args)
         chunks = [strategies[i::self.workers] for i in range(self.workers)]
-        parts = list(self._pool.map(_evaluate_batch, chunks, [threshold] * self.workers))
+        parts = list(self._pool.map(_evaluate_batch, chunks, [threshold] * self.workers, [skip_unfit] * self.workers))
         out = [None] * len(strategies)
         for w, part in enumerate(parts):
             out[w::self.workers] = part
@@ -79,7 +85,8 @@ class RayExecutor:
     """Ray tasks on the cluster at `address` (None: a local Ray instance). Ray is an optional extra."""
     name = "ray"
 
-    def __init__(self, model, cluster, job, cal, workers: int | None = None, address: str | None = None):
+    def __init__(self, model, cluster, job, cal, workers: int | None = None, address: str | None = None,
+                 cache=None):
         try:
             import ray
         except ImportError:
@@ -92,18 +99,18 @@ class RayExecutor:
         context = ray.put((model, cluster, job, cal))
 
         @ray.remote
-        def batch(ctx, strategies, threshold):
+        def batch(ctx, strategies, threshold, skip_unfit):
             _init(*ctx)          # each task brings the search context (Ray keeps the object in its store)
-            return _evaluate_batch(strategies, threshold)
+            return _evaluate_batch(strategies, threshold, skip_unfit)
 
         self._batch, self._ctx = batch, context
-        _init(model, cluster, job, cal)
+        _init(model, cluster, job, cal, cache)
 
-    def map(self, strategies, threshold=float("inf")):
+    def map(self, strategies, threshold=float("inf"), skip_unfit=True):
         if len(strategies) < 2 * self.workers:
-            return _evaluate_batch(strategies, threshold)
+            return _evaluate_batch(strategies, threshold, skip_unfit)
         chunks = [strategies[i::self.workers] for i in range(self.workers)]
-        parts = self._ray.get([self._batch.remote(self._ctx, c, threshold) for c in chunks])
+        parts = self._ray.get([self._batch.remote(self._ctx, c, threshold, skip_unfit) for c in chunks])
         out = [None] * len(strategies)
         for w, part in enumerate(parts):
             out[w::self.workers] = part
@@ -113,11 +120,13 @@ class RayExecutor:
         pass
 
 
-def make_executor(name: str, model, cluster, job, cal, workers: int | None = None, address: str | None = None):
+def make_executor(name: str, model, cluster, job, cal, workers: int | None = None, address: str | None = None,
+                  cache: dict | None = None):
+    """`cache`: layer costs this process already has (the bounds'), reused for what it simulates itself."""
     if name == "serial" or (name == "process" and workers == 1):
-        return SerialExecutor(model, cluster, job, cal)
+        return SerialExecutor(model, cluster, job, cal, cache)
     if name == "process":
-        return ProcessExecutor(model, cluster, job, cal, workers)
+        return ProcessExecutor(model, cluster, job, cal, workers, cache)
     if name == "ray":
-        return RayExecutor(model, cluster, job, cal, workers, address)
+        return RayExecutor(model, cluster, job, cal, workers, address, cache)
     raise ParaplanError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")

@@ -21,7 +21,7 @@ from paraplan.cost.calibration import Calibration, calibration_for
 from paraplan.errors import ParaplanError
 from paraplan.estimate import MAX_MICROBATCHES
 from paraplan.search.bounds import Bounds
-from paraplan.search.executors import make_executor
+from paraplan.search.executors import OUT_OF_MEMORY, STAGE_BOUND, make_executor
 from paraplan.search.space import build_space
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan
 
@@ -97,7 +97,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, allowed: dict[s
         pruned["memory_bound"] = int((~fits).sum())
         todo = np.flatnonzero(fits)
         todo = todo[np.lexsort((todo, bounds.time_s[todo]))]     # by time bound, ties by position
-    pool = make_executor(executor, model, cluster, job, cal, workers, address)
+    pool = make_executor(executor, model, cluster, job, cal, workers, address, bounds.cache)
     best: list[tuple[float, int, int]] = []       # max-heap of the top_k: (-time, -index, slot)
     plans: dict[int, Plan] = {}
     simulated = out_of_memory = stage_bound = 0
@@ -113,10 +113,13 @@ def search(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, allowed: dict[s
                 batch = batch[bounds.time_s[batch] <= threshold]
             pos += batch_size
             results = pool.map([cand.strategy(int(i), job.framework, job.precision) for i in batch],
-                               np.inf if exhaustive else threshold)
+                               np.inf if exhaustive else threshold, skip_unfit=not exhaustive)
             for i, plan in zip(batch, results):
-                if not isinstance(plan, Plan):           # its exact stage costs bound it above the threshold
+                if plan == STAGE_BOUND:                  # its exact stage costs bound it above the threshold
                     stage_bound += 1
+                    continue
+                if plan == OUT_OF_MEMORY:                # its exact memory, known before simulating, is too much
+                    out_of_memory += 1
                     continue
                 simulated += 1
                 if not plan.memory.fits:
@@ -135,7 +138,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, allowed: dict[s
     finally:
         pool.close()
     if not exhaustive:
-        pruned["time_bound"] = int(len(todo) - simulated - stage_bound)
+        pruned["time_bound"] = int(len(todo) - simulated - stage_bound - out_of_memory)
         pruned["stage_cost_bound"] = stage_bound
     pruned["out_of_memory"] = out_of_memory
     ranked = sorted(best, key=lambda e: (-e[0], -e[1]))
