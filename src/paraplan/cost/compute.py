@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from functools import lru_cache
 
 import numpy as np
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class LayerCompute:
 GEMM_TILES = ((256, 128, 1.0), (128, 256, 1.0), (128, 128, 0.92), (128, 64, 0.80), (64, 64, 0.65))
 
 
+@lru_cache(maxsize=1 << 16)          # a search costs the same GEMM shapes many times
 def tile_efficiency(m: int, n: int, batch: int, sm_count: int) -> float:
     """Best over GEMM_TILES of tile quantisation (partial tiles waste work) x wave quantisation (the last wave
     leaves SMs idle) x the tile's own efficiency."""
@@ -228,9 +230,12 @@ class LayerTimes:
     compute: LayerCompute
     recompute_gpu_s: dict           # mode -> GPU seconds ("none" 0, "selective" core attention, "full" the layer)
     recompute_host_s: dict          # mode -> host seconds (full recompute relaunches the layer)
+    attention_forward_s: float      # the attention core (scores and context), what CP's ring can hide behind
+    attention_backward_s: float
 
 
 SELECTIVE_RECOMPUTE_OPS = ("flash_attention", "attn_scores", "attn_dropout", "attn_context")
+ATTENTION_CORE_OPS = ("flash_attention", "attn_scores", "attn_context")
 
 
 def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
@@ -239,13 +244,16 @@ def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec
     the whole forward."""
     ops = layer_ops(model, job, strategy, moe_layer)
     fwd = [op_time(op, gpu, cal, job.precision, backward=False) for op in ops]
-    bwd = sum(op_time(op, gpu, cal, job.precision, backward=True) for op in ops)
+    bwd_ops = [op_time(op, gpu, cal, job.precision, backward=True) for op in ops]
+    bwd = sum(bwd_ops)
     selective = sum(t for op, t in zip(ops, fwd) if op.name in SELECTIVE_RECOMPUTE_OPS or op.name.startswith("softmax"))
+    core = [i for i, op in enumerate(ops) if op.name in ATTENTION_CORE_OPS]
     lc = LayerCompute(gpu_forward_s=sum(fwd), gpu_backward_s=bwd, host_forward_s=cal.layer_host_s,
                       host_backward_s=cal.backward_host_ratio * cal.layer_host_s,
                       forward_flops=sum(op.flops for op in ops))
     return LayerTimes(lc, {"none": 0.0, "selective": selective, "full": sum(fwd)},
-                      {"none": 0.0, "selective": 0.0, "full": cal.layer_host_s})
+                      {"none": 0.0, "selective": 0.0, "full": cal.layer_host_s},
+                      sum(fwd[i] for i in core), sum(bwd_ops[i] for i in core))
 
 
 def layer_compute(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
