@@ -46,8 +46,12 @@ _RECOMPUTE_MODES = ("none", "selective", "full")
 _RECOMPUTE_CODE = {mode: i for i, mode in enumerate(_RECOMPUTE_MODES)}
 
 
-def _first_layer(model: ModelSpec, moe: bool) -> int:
-    return next(i for i in range(model.layers) if model.is_moe_layer(i) == moe)
+def _first_layers(model: ModelSpec) -> dict[bool, int]:
+    """The first layer of each kind the model has: {is MoE: index}."""
+    first: dict[bool, int] = {}
+    for i in range(model.layers):
+        first.setdefault(model.is_moe_layer(i), i)
+    return first
 
 
 def _inflight(cand, rows, job, pp: int, vpp: int) -> np.ndarray:
@@ -97,10 +101,11 @@ class Bounds:
         feasible = self.memory_gib <= self.capacity_gib * (1 + 1e-9)
         layer_fb = np.zeros((len(keys), 2))          # [key, moe]
         emb_head = np.zeros((len(keys), 2))          # [key, (embedding f+b, head f+b)]
+        kinds = _first_layers(model)
         for k in np.unique(inv[feasible]):
             s = key_strategies[k]
-            for moe in ((False, True) if model.moe else (False,)):
-                fwd, bwd, _ = layer_passes(model, job, s, cluster, cal, _first_layer(model, moe), self.cache)
+            for moe, first in kinds.items():
+                fwd, bwd, _ = layer_passes(model, job, s, cluster, cal, first, self.cache)
                 layer_fb[k, int(moe)] = fwd.time_s + bwd.time_s
             emb_head[k] = (sum(compute.embedding_time(model, job, s, cluster.gpu, cal)),
                            sum(compute.head_time(model, job, s, cluster.gpu, cal)))
