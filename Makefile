@@ -17,6 +17,7 @@ install: $(BIN)/paraplan
 demo: install
 	$(BIN)/paraplan estimate --model llama3-8b --cluster dgx-h100 --strategy tp=2,pp=1,dp=4,mbs=1,zero=1,sp=true,recompute=selective --global-batch 128 --seq-len 8192 --precision bf16
 	$(BIN)/paraplan validate --runs data/validation/published_runs.csv --worst 5
+	$(BIN)/python -m paraplan.report.demo out/demo    # HTML report + Perfetto trace of a search (README)
 
 test: install
 	$(BIN)/python -m pytest

@@ -4,27 +4,45 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from paraplan.cost.calibration import Calibration
 from paraplan.errors import ParaplanError
 from paraplan.estimate import estimate
 from paraplan.frameworks import strategy_defaults
-from paraplan.specs import JobSpec, Plan, Strategy
+from paraplan.profile.hardware import apply_hardware, load_hardware
+from paraplan.specs import ClusterSpec, JobSpec, Plan, Strategy
 from paraplan.specs.strategy import ALIASES
 from paraplan.specs.loaders import load_cluster, load_model
 from paraplan.validate.runs import read_rows
 from paraplan.validate.score import RowResult, measured_time, predict_rows, row_group
 
 
-def estimate_strategy(model: str, cluster: str, strategy: str, global_batch: int, seq_len: int,
-                      precision: str = "bf16", framework: str = "megatron-lm", num_gpus: int | None = None) -> Plan:
+def estimate_strategy(model: str, cluster: str | None, strategy: str, global_batch: int, seq_len: int,
+                      precision: str = "bf16", framework: str = "megatron-lm", num_gpus: int | None = None,
+                      hardware: str | Path | None = None) -> Plan:
     """Estimate one strategy given as text ("tp=8,pp=4,dp=2,mbs=1,..."). The cluster is sized to the strategy's
-    world size unless `num_gpus` or a `NAME:GPUS` cluster says otherwise."""
+    world size unless `num_gpus` or a `NAME:GPUS` cluster says otherwise. `hardware`: a `paraplan profile` file
+    whose measurements replace the catalog's numbers (see hardware_setup); then `cluster` may be None."""
     strat, assumed = parse_strategy(strategy, framework, precision)
     model_spec = load_model(model)
-    if num_gpus is None and ":" not in cluster and not Path(cluster).is_file():
+    if cluster is None and hardware is None:
+        raise ParaplanError("give a cluster, or a hardware profile (--hardware) to run on the profiled node")
+    if num_gpus is None and (cluster is None or (":" not in cluster and not Path(cluster).is_file())):
         num_gpus = strat.world_size
-    cluster_spec = load_cluster(cluster, num_gpus)
+    cluster_spec = load_cluster(cluster, num_gpus) if cluster is not None else None
+    calibration = None
+    if hardware is not None:
+        cluster_spec, calibration = hardware_setup(hardware, framework, cluster_spec, num_gpus)
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision, framework=framework)
-    return estimate(model_spec, cluster_spec, job, strat, assumptions=assumed)
+    return estimate(model_spec, cluster_spec, job, strat, calibration=calibration, assumptions=assumed)
+
+
+def hardware_setup(hardware: str | Path, framework: str, cluster: ClusterSpec | None = None,
+                   num_gpus: int | None = None) -> tuple[ClusterSpec, Calibration]:
+    """The cluster and calibration that make the cost model use a hardware profile (`paraplan profile`): the
+    profiled GPU and measured links in `cluster` (or, when None, `num_gpus` devices on nodes like the profiled
+    one), and the catalog calibration for `framework` with the profile's constants and curves on top."""
+    profile = load_hardware(hardware)
+    return apply_hardware(profile, cluster, num_gpus), profile.calibration(framework)
 
 
 def parse_strategy(text: str, framework: str, precision: str = "bf16") -> tuple[Strategy, list[str]]:
@@ -78,3 +96,45 @@ def check_positive(**sizes: int | None) -> None:
     for flag, value in sizes.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ParaplanError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+def plan_search(model: str, cluster: str, global_batch: int, seq_len: int, precision: str = "bf16",
+                framework: str = "megatron-lm", num_gpus: int | None = None, fix=(), allow=(), top_k: int = 5,
+                exhaustive: bool = False, executor: str = "process", workers: int | None = None,
+                address: str | None = None, progress=None, hardware: str | Path | None = None):
+    """The fastest strategies that fit (paraplan.search.search) for preset/file names, with `fix`/`allow` items as
+    on the command line ("tp=8", "zero=0,1"). `hardware`: a `paraplan profile` file (then `cluster` may be None)."""
+    from paraplan.search import parse_knob_values, search
+    check_positive(global_batch=global_batch, seq_len=seq_len, num_gpus=num_gpus, top=top_k, workers=workers)
+    allowed = parse_knob_values(fix, allow)
+    job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision, framework=framework)
+    if cluster is None and hardware is None:
+        raise ParaplanError("give a cluster, or a hardware profile (--hardware) to plan on the profiled node")
+    cluster_spec = load_cluster(cluster, num_gpus) if cluster is not None else None
+    calibration = None
+    if hardware is not None:
+        cluster_spec, calibration = hardware_setup(hardware, framework, cluster_spec, num_gpus)
+    return search(load_model(model), cluster_spec, job, allowed, top_k=top_k, exhaustive=exhaustive,
+                  executor=executor, workers=workers, address=address, calibration=calibration, progress=progress)
+
+
+def explain_strategy(result, text: str) -> str:
+    """How the strategy in `text` ("tp=4,pp=8,...", framework defaults for the rest) compares with the winner of a
+    search: its rank among the plans found, why it is invalid, why it does not fit, or how much slower it is."""
+    from paraplan.search import compare
+    from paraplan.specs.strategy import violations
+    strat, _ = parse_strategy(text, result.job.framework, result.job.precision)
+    broken = violations(strat, result.model, result.cluster, result.job)
+    if broken:
+        return f"{strat.describe()} is not valid here: {broken[0]}"
+    plan = estimate(result.model, result.cluster, result.job, strat, calibration=result.calibration)
+    if not plan.memory.fits:
+        return (f"{strat.describe()} does not fit: {plan.memory.total_gib:.1f} GiB per GPU, more than the "
+                f"{plan.memory.capacity_gib:.1f} GiB usable")
+    if not result.plans:
+        return f"{strat.describe()} fits and takes {plan.iteration_time_s:.3f} s, but the search found no plan"
+    best = result.plans[0]
+    for rank, p in enumerate(result.plans, start=1):
+        if p.strategy == plan.strategy:
+            return f"{strat.describe()} is ranked {rank} of the plans shown: " + compare(p, best)
+    return f"{strat.describe()} takes {plan.iteration_time_s:.3f} s against the best's {best.iteration_time_s:.3f} s: " + compare(plan, best)

@@ -81,10 +81,14 @@ def estimate(
     precision: str = typer.Option("bf16", help="fp16, bf16 or fp8"),
     framework: str = typer.Option("megatron-lm", help="megatron-lm, nemo, megatron-deepspeed, torchtitan, deepspeed, maxtext, other"),
     runs: Optional[str] = typer.Option(None, help="measured-runs CSV: estimate every row instead"),
+    hardware: Optional[str] = typer.Option(None, help="hardware profile from `paraplan profile`: its measured "
+                                           "GPU, links and efficiencies replace the catalog's (--cluster optional)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ):
     """Estimate iteration time, its breakdown and memory per GPU for one strategy (or every row of --runs)."""
     try:
+        if runs and hardware:
+            _fail("--hardware does not apply to --runs (each row names its own GPU and cluster)")
         if runs:
             results = api.estimate_runs(runs)
             if as_json:
@@ -96,12 +100,13 @@ def estimate(
                                   f"{r.memory_gib:.1f}" if r.memory_gib else "-", r.error or "; ".join(r.assumptions))
                 console.print(table)
             return
-        missing = [name for name, v in (("--model", model), ("--cluster", cluster), ("--global-batch", global_batch),
-                                        ("--seq-len", seq_len)) if v is None]
+        missing = [name for name, v in (("--model", model), ("--cluster", cluster or hardware),
+                                        ("--global-batch", global_batch), ("--seq-len", seq_len)) if v is None]
         if missing:
             _fail(f"missing {', '.join(missing)} (or give --runs FILE.csv)")
         api.check_positive(global_batch=global_batch, seq_len=seq_len)
-        plan = api.estimate_strategy(model, cluster, strategy, global_batch, seq_len, precision, framework)
+        plan = api.estimate_strategy(model, cluster, strategy, global_batch, seq_len, precision, framework,
+                                     hardware=hardware)
     except ParaplanError as exc:
         _fail(str(exc))
     if as_json:
@@ -190,7 +195,7 @@ def presets():
 
 # Commands that live beside their feature: each module imports `app` (and `console`, `_fail`) from here and
 # decorates its command with @app.command(). Add the module's name to this tuple.
-FEATURE_COMMANDS: tuple[str, ...] = ()
+FEATURE_COMMANDS: tuple[str, ...] = ("paraplan.search.cli", "paraplan.profile.cli", "paraplan.seqpar.cli", "paraplan.export.cli")
 for _module in FEATURE_COMMANDS:
     importlib.import_module(_module)
 

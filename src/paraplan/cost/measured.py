@@ -21,6 +21,21 @@ _NEAREST = 4          # measured shapes that inform one query
 _PRECISION_FALLBACK = {"fp16": ("bf16",), "bf16": ("fp16",), "fp8": ("bf16", "fp16")}
 
 
+class Table(tuple):
+    """Rows of a measured curve that remember their hash: the cost model's caches hash the Calibration holding
+    them on every GEMM, and hashing a few hundred rows each time would cost more than the GEMM model itself."""
+
+    def __hash__(self) -> int:
+        try:
+            return self._hash
+        except AttributeError:
+            self._hash = tuple.__hash__(self)
+            return self._hash
+
+    def __reduce__(self):
+        return Table, (tuple(self),)        # string hashes differ between processes: never ship the cached one
+
+
 def gemm_rows(table: tuple, precision: str) -> tuple:
     """The measured (m, n, k, tflops) rows for `precision`: its own, else its 16-bit sibling, else the rows of the
     first precision in the table (the profiled device's training dtype: fp32 on a CPU)."""

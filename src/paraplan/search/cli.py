@@ -17,7 +17,7 @@ from paraplan.search.executors import EXECUTORS
 @app.command()
 def plan(
     model: str = typer.Option(..., help="preset name, Hugging Face config.json or YAML/JSON model file"),
-    cluster: str = typer.Option(..., help="cluster preset NAME:GPUS (e.g. dgx-h100:64) or YAML/JSON file"),
+    cluster: Optional[str] = typer.Option(None, help="cluster preset NAME:GPUS (e.g. dgx-h100:64) or YAML/JSON file"),
     global_batch: int = typer.Option(..., "--global-batch", help="sequences per optimizer step"),
     seq_len: int = typer.Option(..., "--seq-len", help="tokens per sequence"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPU count (instead of NAME:GPUS)"),
@@ -31,6 +31,8 @@ def plan(
     workers: Optional[int] = typer.Option(None, help="worker processes (default: CPU count)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address for --executor ray"),
     why: Optional[str] = typer.Option(None, "--why", help="compare this strategy with the winner"),
+    hardware: Optional[str] = typer.Option(None, help="hardware profile from `paraplan profile` (measured GPU, "
+                                           "links and efficiencies replace the catalog's)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ):
     """Find the fastest strategies that fit in memory: exact branch-and-bound search over dp, tp, pp, cp, ep, vpp,
@@ -43,7 +45,8 @@ def plan(
             task = bar.add_task("search", total=None)
             result = api.plan_search(model, cluster, global_batch, seq_len, precision, framework, gpus, fix, allow,
                                      top, exhaustive, executor, workers, address,
-                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                     hardware=hardware)
         explanation = api.explain_strategy(result, why) if why else None
     except ParaplanError as exc:
         _fail(str(exc))
