@@ -15,7 +15,7 @@ $(BIN)/paraplan: pyproject.toml
 install: $(BIN)/paraplan
 
 demo: install
-	$(BIN)/paraplan estimate --model llama3-8b --cluster dgx-h100 --strategy tp=2,pp=1,dp=4,mbs=1,zero=1,sp=true,recompute=selective --global-batch 128 --seq-len 8192 --precision bf16
+	$(BIN)/paraplan plan --model llama3-70b --cluster dgx-h100:64 --global-batch 256 --seq-len 8192 --why tp=8,pp=4,dp=2,mbs=1
 	$(BIN)/paraplan validate --runs data/validation/published_runs.csv --worst 5
 	$(BIN)/python -m paraplan.report.demo out/demo    # HTML report + Perfetto trace of a search (README)
 
