@@ -58,7 +58,7 @@ def test_short_sequences_get_small_groups_long_ones_large():
     short = plan_batch([1000] * 200, cm)
     # short sequences never pay all-to-all across nodes (groups of at most one node of 8)
     assert max(cm.shapes[t].size for mb in short.microbatches for t, ms in mb.solution.groups if ms) <= 8
-    assert short.comm_share < 0.05
+    assert short.comm_share < 0.10          # all-to-all inside a node (NVLink) stays a small share
     long_ = plan_batch([200_000], cm)
     assert [cm.shapes[t].size for t, ms in long_.microbatches[0].solution.groups if ms] == [64]
 

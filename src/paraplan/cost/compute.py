@@ -110,7 +110,8 @@ def _measured_gemm_correction(gpu: GPUSpec, cal: Calibration, precision: str, m:
 
 def mem_time(nbytes, gpu: GPUSpec, cal: Calibration):
     """Seconds of a memory-bound kernel (nbytes may be a numpy array: the search costs many at once)."""
-    return np.maximum(nbytes / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency), cal.kernel_floor_s)
+    t = nbytes / (gpu.hbm_gbps * 1e9 * cal.memory_efficiency)
+    return np.maximum(t, cal.kernel_floor_s) if isinstance(t, np.ndarray) else max(t, cal.kernel_floor_s)
 
 
 def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration, backward: bool) -> float:

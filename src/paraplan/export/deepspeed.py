@@ -4,8 +4,10 @@ Keys from DeepSpeed's docs/_pages/config-json.md and deepspeed/runtime/config.py
 DeepSpeedConfig in the tests). The batch identity DeepSpeed asserts is
 train_batch_size = train_micro_batch_size_per_gpu * gradient_accumulation_steps * (data-parallel world size), where
 the world is the DP size (mpu.get_data_parallel_world_size()), not all GPUs (runtime/config.py). Tensor parallelism is
-AutoTP (`tensor_parallel.autotp_size`), expert parallelism AutoEP (`expert_parallel.autoep_size`); the pipeline is
-built in the training script with deepspeed.pipe.PipelineModule(num_stages=pp), whose engine runs its own 1F1B order."""
+AutoTP (`tensor_parallel.autotp_size`) without a pipeline, the topology's model axis with one; expert parallelism is
+AutoEP (`expert_parallel.autoep_size`). The pipeline is built in the training script with deepspeed.pipe.PipelineModule
+and a PipeModelDataParallelTopology(num_pp, num_mp, num_dp) (runtime/pipe/topology.py: axes pipe, data, model, so TP
+is innermost as in paraplan's rank order); its engine runs its own 1F1B order."""
 from __future__ import annotations
 
 import json
@@ -79,7 +81,9 @@ def ds_config(s: Strategy, model: ModelSpec, job: JobSpec) -> dict:
     if s.zero == 3:
         zero.update({"stage3_prefetch_bucket_size": 500_000_000, "stage3_param_persistence_threshold": 1_000_000})
     cfg["zero_optimization"] = zero
-    if s.tp > 1:
+    if s.tp > 1 and s.pp == 1:
+        # AutoTP shards a whole (Hugging Face style) model; with a PipelineModule the tensor axis is the pipeline
+        # topology's "model" axis, sharded by the model's own TP layers (Megatron-DeepSpeed), so no AutoTP then
         cfg["tensor_parallel"] = {"autotp_size": s.tp}
     if s.ep > 1:
         cfg["expert_parallel"] = {"enabled": True, "autoep_size": s.ep}
@@ -98,9 +102,13 @@ def export(s: Strategy, model: ModelSpec, cluster: ClusterSpec, job: JobSpec) ->
     refuse_if_broken("deepspeed", RULES, s, model, cluster, job)
     nodes, per_node = nodes_and_gpus(cluster, s)
     files = {CONFIG: json.dumps(ds_config(s, model, job), indent=2) + "\n"}
-    notes = ["train.py is your training script: it calls deepspeed.initialize(..., config='ds_config.json')"
-             + (f" and builds deepspeed.pipe.PipelineModule(layers, num_stages={s.pp}) with layers per stage "
-                f"{list(virtual_stage_layers(model, s))}" if s.pp > 1 else "")]
+    notes = ["train.py is your training script: it calls deepspeed.initialize(..., config='ds_config.json')"]
+    if s.pp > 1:
+        notes.append(f"train.py builds deepspeed.pipe.PipelineModule(layers, topology=deepspeed.runtime.pipe.topology.PipeModelDataParallelTopology("
+                     f"num_pp={s.pp}, num_mp={s.tp}, num_dp={s.dp})) with layers per stage "
+                     f"{list(virtual_stage_layers(model, s))}"
+                     + (f"; the tensor-parallel axis (num_mp={s.tp}) needs TP layers in the model itself, as "
+                        "Megatron-DeepSpeed's are" if s.tp > 1 else ""))
     if nodes > 1:
         files[HOSTFILE] = "".join(f"node-{i} slots={per_node}\n" for i in range(nodes))
         notes.append(f"edit {HOSTFILE}: one line per node, '<host> slots={per_node}'")

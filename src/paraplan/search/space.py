@@ -10,6 +10,7 @@ the one-value case.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -95,11 +96,11 @@ class StrategyColumns:
     def world_size(self):
         return self.dp * self.tp * self.pp * self.cp
 
-    @property
+    @cached_property
     def expert_tp(self):
         return np.where((self.dp * self.cp) % self.ep == 0, self.tp, 1)
 
-    @property
+    @cached_property
     def expert_dp(self):
         return self.tp * self.dp * self.cp // (self.ep * self.expert_tp)
 

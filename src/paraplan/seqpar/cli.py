@@ -27,7 +27,8 @@ def seqpar(
     max_len: Optional[int] = typer.Option(None, "--max-len", help="maximum context: sampled sequences above it are "
                                           "dropped; static baselines must hold it (default: longest given)"),
     seed: int = typer.Option(0, help="sampling seed"),
-    solver: str = typer.Option("fast", help="fast (greedy + local search, ms) or milp (HiGHS, per micro-batch)"),
+    solver: str = typer.Option("fast", help="fast (greedy + local search, ms) or milp (HiGHS, up to 10 s per "
+                                            "micro-batch and micro-batch count tried)"),
     framework: str = typer.Option("deepspeed", help="framework whose calibration and memory conventions apply"),
     recompute: str = typer.Option("none", help="activation recomputation: none, selective or full"),
     sizes: str = typer.Option("pow2", help="group sizes: pow2 (FlexSP) or any (node divisors and whole nodes)"),

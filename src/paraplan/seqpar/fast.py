@@ -7,8 +7,8 @@ taking it (best fit, memory checked), else opens the smallest group that runs it
 fewer GPU-seconds per token: less all-to-all, no cross-node traffic) or enlarges an open group when that costs no
 more GPUs (keeps memory together). Sequences that fit on the smallest group are poured into the group with the most
 time left (a heap), and the shortest are first bundled into chunks of a few hundred tokens (time and memory add
-up). A binary search finds the least C that packs (if it packs nowhere, new groups open one size larger, then
-two...); the homogeneous layouts (N/d groups of one shape, filled LPT) are candidates too. Spare GPUs become empty one-GPU groups; the groups are refilled
+up). A binary search finds the least C that packs, for three opening rules (if none packs, new groups open
+larger still); the homogeneous layouts (N/d groups of one shape, filled LPT) are candidates too. Spare GPUs become empty one-GPU groups; the groups are refilled
 earliest-finish-first and a local search moves or swaps sequences off the slowest group. Checked against the MILP
 in tests/test_seqpar_fast.py and benchmarks/flexsp.py (within 2% on 120 micro-batches).
 """
@@ -324,7 +324,7 @@ class _Instance:
 
 
 def solve_fast(lengths, cm: SeqParCostModel, indices=None, rel_tol: float = 1e-2,
-               variants: tuple[tuple[int, bool], ...] = ((0, True),),
+               variants: tuple[tuple[int, bool], ...] = ((0, True), (0, False), (1, False)),
                pour_fraction: float = 1.0, good_enough: float = 0.005,
                exact_fallback_max: int = 8, floor_s: float = 0.0) -> MicroBatchSolution | None:
     """Plan one micro-batch; None when some sequence fits no group. `indices` maps local positions to the step's

@@ -1,6 +1,7 @@
 """ClusterSpec: GPUs (from the catalog), how they are grouped in nodes, and the links at each level."""
 from __future__ import annotations
 
+from functools import cached_property
 from dataclasses import dataclass, field
 
 from paraplan.errors import ParaplanError
@@ -75,7 +76,7 @@ class ClusterSpec:
     def num_gpus(self) -> int:
         return sum(g.num_gpus for g in self.node_groups)
 
-    @property
+    @cached_property            # asked on every collective the cost model prices
     def is_homogeneous(self) -> bool:
         first = self.node_groups[0]
         return all(g.gpu == first.gpu and g.gpus_per_node == first.gpus_per_node

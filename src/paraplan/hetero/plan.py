@@ -1,0 +1,113 @@
+"""HeteroPlan: a pipeline whose stages sit on node groups of possibly different GPU types.
+
+Stage i runs layers_per_stage[i] consecutive layers on dp_i * tp_i GPUs of node group `group_i`. Every stage sees
+the same micro-batch of `microbatch_sequences` sequences, split evenly over its dp_i data-parallel ranks (so a
+stage on many slow GPUs and one on few fast GPUs can keep pace: uneven per-GPU batch shares). Stages are placed on
+their group's GPUs in order, packed node by node. ZeRO stage and recompute are chosen per stage.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from paraplan.errors import ParaplanError
+from paraplan.specs.plan import MemoryBreakdown
+from paraplan.specs.strategy import RECOMPUTE_MODES
+
+
+@dataclass(frozen=True)
+class HeteroStage:
+    group: int                 # index into cluster.node_groups
+    tp: int
+    dp: int
+    layers: int
+    zero: int = 0
+    recompute: str = "none"
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.dp
+
+    def describe(self) -> str:
+        return f"g{self.group}:tp={self.tp},dp={self.dp},L={self.layers},zero={self.zero},rc={self.recompute}"
+
+
+@dataclass(frozen=True)
+class HeteroPlan:
+    stages: tuple[HeteroStage, ...]
+    microbatch_sequences: int          # sequences per micro-batch through the pipeline (split over each stage's dp)
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages:
+            raise ParaplanError("a heterogeneous plan needs at least one stage")
+        for i, s in enumerate(self.stages):
+            for name in ("tp", "dp", "layers"):
+                v = getattr(s, name)
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ParaplanError(f"stage {i}: {name} must be a positive integer, got {v!r}")
+            if s.recompute not in RECOMPUTE_MODES:
+                raise ParaplanError(f"stage {i}: recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {s.recompute!r}")
+            if self.microbatch_sequences % s.dp:
+                raise ParaplanError(f"stage {i}: micro-batch of {self.microbatch_sequences} sequences cannot be split "
+                                    f"evenly over dp={s.dp}")
+
+    @property
+    def pp(self) -> int:
+        return len(self.stages)
+
+    @property
+    def layers_per_stage(self) -> tuple[int, ...]:
+        return tuple(s.layers for s in self.stages)
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(s.num_gpus for s in self.stages)
+
+    def describe(self) -> str:
+        return f"pp={self.pp},mb={self.microbatch_sequences} | " + " | ".join(s.describe() for s in self.stages)
+
+    def with_layers(self, layers) -> "HeteroPlan":
+        return HeteroPlan(tuple(HeteroStage(s.group, s.tp, s.dp, int(n), s.zero, s.recompute)
+                                for s, n in zip(self.stages, layers)), self.microbatch_sequences)
+
+
+@dataclass
+class StageResult:
+    """One stage of an estimated plan: its GPU, per micro-batch times and memory on that GPU."""
+    gpu: str
+    forward_s: float              # one micro-batch, p2p send folded in
+    backward_s: float
+    p2p_s: float                  # send to the next stage (0 for the last)
+    dp_exposed_s: float
+    optimizer_s: float
+    memory: MemoryBreakdown
+    busy_s: float = 0.0
+    bubble_s: float = 0.0
+
+
+@dataclass
+class HeteroEstimate:
+    plan: HeteroPlan
+    iteration_time_s: float
+    tokens_per_s: float
+    model_tflops_per_gpu: float   # over the GPUs the plan uses
+    stages: list[StageResult]
+    critical_stage: int
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return all(s.memory.fits for s in self.stages)
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.describe(), "stages": [asdict(s) for s in self.plan.stages],
+                "microbatch_sequences": self.plan.microbatch_sequences, "gpus_used": self.plan.num_gpus,
+                "iteration_time_s": self.iteration_time_s, "tokens_per_s": self.tokens_per_s,
+                "model_tflops_per_gpu": self.model_tflops_per_gpu, "fits_in_memory": self.fits,
+                "critical_stage": self.critical_stage,
+                "stage_detail": [{"gpu": s.gpu, "forward_s": s.forward_s, "backward_s": s.backward_s,
+                                  "p2p_s": s.p2p_s, "dp_exposed_s": s.dp_exposed_s, "optimizer_s": s.optimizer_s,
+                                  "busy_s": s.busy_s, "bubble_s": s.bubble_s,
+                                  "memory_gib": s.memory.total_gib, "capacity_gib": s.memory.capacity_gib}
+                                 for s in self.stages],
+                "assumptions": list(self.assumptions)}

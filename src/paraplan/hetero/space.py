@@ -1,0 +1,157 @@
+"""The space of heterogeneous plans, as *structures* bounded from below before any plan is built.
+
+A structure picks, for each node group, either nothing or one stage shape (tp, dp) that tiles the whole group
+into k = group GPUs / (tp * dp) pipeline stages, plus the micro-batch (sequences per pipeline micro-batch), the
+ZeRO stage and the recompute mode. A structure expands into plans by the order of its groups along the pipeline
+(every permutation, or fastest GPU type first) and the layer split (balanced by speed and memory, by peak compute
+as Metis does, or even). Stage sizes divide or are multiples of a node, so TP and DP groups stay inside nodes
+when they can.
+
+Bounds (valid for every plan of a structure, whatever its order and split):
+- time: 1F1B runs each stage's m micro-batches back to back at best, so the iteration takes at least
+  m * max_i(L_i t_i + e_i) >= m * relaxed_bottleneck (balance.py), t_i a stage's seconds per layer per micro-batch;
+- memory: a stage with L layers holds at least their weights, gradients and optimizer state plus one micro-batch
+  of their activations (the last stage's in-flight count) and the framework's fixed overhead; if the stages
+  together cannot hold the model's layers that way, no split fits.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from paraplan.cost import memory
+from paraplan.errors import ParaplanError
+from paraplan.estimate import MAX_MICROBATCHES
+from paraplan.frameworks import conventions_for, framework_limits
+from paraplan.hetero.estimate import HeteroContext
+from paraplan.search.space import divisors
+from paraplan.specs.strategy import RECOMPUTE_MODES
+
+GIB = 1024 ** 3
+SPLITS = ("balanced", "power", "even")
+
+
+@dataclass(frozen=True)
+class SpaceOptions:
+    tp: tuple[int, ...] = (1, 2, 4, 8)
+    zero: tuple[int, ...] = (0, 1)
+    recompute: tuple[str, ...] = RECOMPUTE_MODES
+    splits: tuple[str, ...] = SPLITS
+    orders: str = "all"                 # "all" permutations of the groups used, or "by_speed" (fastest first)
+    max_gpu_micro_batch: int = 4        # sequences per GPU per micro-batch
+    max_stages: int = 64
+    same_shape: bool = False            # every group uses the same (tp, dp) (a plain Megatron grid)
+    all_groups: bool = False            # every node group is used
+
+
+@dataclass(frozen=True)
+class Structure:
+    mb: int                             # sequences per pipeline micro-batch
+    zero: int
+    recompute: str
+    shapes: tuple                       # per node group: None (unused) or (tp, dp)
+
+    def stages_of(self, cluster, group: int) -> int:
+        tp, dp = self.shapes[group]
+        return cluster.node_groups[group].num_gpus // (tp * dp)
+
+    def used(self) -> tuple[int, ...]:
+        return tuple(g for g, s in enumerate(self.shapes) if s is not None)
+
+
+def group_speed(cluster, group: int, precision: str) -> float:
+    return cluster.node_groups[group].gpu.peak(precision)
+
+
+def orders_of(ctx: HeteroContext, st: Structure, how: str) -> list[tuple[int, ...]]:
+    used = st.used()
+    by_speed = tuple(sorted(used, key=lambda g: (-group_speed(ctx.cluster, g, ctx.job.precision), g)))
+    if how == "by_speed":
+        return [by_speed]
+    return [by_speed] + [p for p in itertools.permutations(used) if p != by_speed]
+
+
+def _shapes(ctx: HeteroContext, group: int, opts: SpaceOptions) -> list[tuple[int, int]]:
+    g, model = ctx.cluster.node_groups[group], ctx.model
+    out = []
+    for tp in opts.tp:
+        if model.heads % tp or model.ffn % tp or (model.kv_heads % tp and tp % model.kv_heads):
+            continue
+        for n in divisors(g.num_gpus):
+            if n % tp or (n % g.gpus_per_node and g.gpus_per_node % n):
+                continue
+            k = g.num_gpus // n
+            if k > min(model.layers, opts.max_stages):
+                continue
+            out.append((tp, n // tp))
+    return out
+
+
+def _layer_memory_floor(ctx: HeteroContext, group: int, tp: int, dp: int, mb_gpu: int, zero: int,
+                        recompute: str) -> tuple[float, float]:
+    """(bytes per layer at least, fixed bytes at least) on one GPU of a stage of this shape (see module doc)."""
+    s = ctx.strategy(tp, dp, 1, mb_gpu, zero, recompute, None)
+    job = ctx.job
+    wgo = sum(memory.state_bytes_per_param(job.framework, zero, dp))
+    per_layer = min(sum(memory.layer_params_on_gpu(ctx.model, s, i)) * wgo
+                    + memory.activation_bytes_per_layer(ctx.model, job, s, mb_gpu, ctx.model.is_moe_layer(i))
+                    for i in {0, ctx.model.layers - 1})
+    return per_layer, conventions_for(job.framework).overhead_fixed_gib * GIB
+
+
+def build(ctx: HeteroContext, opts: SpaceOptions):
+    """Every structure that passes the memory bound, with its time bound: (bounds array, list of Structure),
+    and the counts of what was generated and pruned."""
+    cluster, job, model = ctx.cluster, ctx.job, ctx.model
+    ngroups = len(cluster.node_groups)
+    lim = framework_limits(job.framework)
+    zeros = [z for z in opts.zero if z in lim.zero_with_pp and z in lim.zero]
+    shapes = [_shapes(ctx, g, opts) for g in range(ngroups)]
+    bounds, structures = [], []
+    generated = pruned_mem = 0
+    for mb in divisors(job.global_batch):
+        m = job.global_batch // mb
+        if m > MAX_MICROBATCHES:
+            continue
+        for zero, rc in itertools.product(zeros, opts.recompute):
+            # per group: the shapes usable with this micro-batch, with stages, layer rate and memory cap
+            per_group = []
+            for g in range(ngroups):
+                rows = [(None, 0, 0.0, 0.0, 0)]            # unused
+                cap_gib = cluster.node_groups[g].gpu.hbm_gib * (1 - job.memory_headroom) * GIB
+                for tp, dp in shapes[g]:
+                    if mb % dp or mb // dp > opts.max_gpu_micro_batch:
+                        continue
+                    k = cluster.node_groups[g].num_gpus // (tp * dp)
+                    t = ctx.layer_time(g, tp, dp, mb, zero, rc)
+                    e = ctx.cals[g].microbatch_overhead_s
+                    per_layer, fixed = _layer_memory_floor(ctx, g, tp, dp, mb // dp, zero, rc)
+                    cap = max(0, int((cap_gib - fixed) // per_layer)) if per_layer > 0 else model.layers
+                    rows.append(((tp, dp), k, k / t, k * e / t, k * min(cap, model.layers)))
+                per_group.append(rows)
+            for combo in itertools.product(*per_group):
+                used = [r for r in combo if r[0] is not None]
+                if not used:
+                    continue
+                if opts.all_groups and len(used) != ngroups:
+                    continue
+                if opts.same_shape and len({r[0] for r in used}) > 1:
+                    continue
+                stages = sum(r[1] for r in used)
+                if stages > min(model.layers, opts.max_stages):
+                    continue
+                generated += 1
+                if sum(r[4] for r in used) < model.layers or any(r[4] < r[1] for r in used):
+                    pruned_mem += 1
+                    continue
+                rate = sum(r[2] for r in used)
+                extra = sum(r[3] for r in used)
+                overhead = max(ctx.cals[g].iteration_overhead_s for g, r in enumerate(combo) if r[0] is not None)
+                bounds.append(m * (model.layers + extra) / rate + overhead)
+                structures.append(Structure(mb, zero, rc, tuple(r[0] for r in combo)))
+    return np.asarray(bounds, float), structures, {"generated": generated, "memory_bound": pruned_mem}
+
+
+__all__ = ["SpaceOptions", "Structure", "build", "orders_of", "SPLITS"]
