@@ -1,6 +1,8 @@
 """Search time and pruning of `paraplan plan` against exhaustive evaluation, on one core.
 
-For each case the pruned search runs in this process (serial executor: one core). The exhaustive baseline simulates
+For each case the pruned search runs in this process (serial executor: one core); `search_s` is wall time,
+`search_cpu_s` the CPU time of this process (the same on an idle machine; on a shared one, the cost of the search
+itself). The exhaustive baseline simulates
 every valid candidate with the same estimator; where that would take too long (`--sample`), it is timed on a
 random sample of the valid candidates and extrapolated to all of them (printed as "sampled"), and `same_optimum`
 then means that no sampled candidate that fits beats the search's optimum.
@@ -42,9 +44,9 @@ QUICK = ("llama3-8b-8", "llama3-405b-16k")
 def run_case(name, model_name, cluster_name, gb, seq, full_limit, sample, seed=0) -> dict:
     model, cluster = load_model(model_name), load_cluster(cluster_name)
     job = JobSpec(global_batch=gb, seq_len=seq)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = search(model, cluster, job, top_k=1, executor="serial")
-    search_s = time.perf_counter() - t0
+    search_s, search_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     best = result.plans[0] if result.plans else None
     st = result.stats
     if st.valid <= full_limit:
@@ -71,13 +73,14 @@ def run_case(name, model_name, cluster_name, gb, seq, full_limit, sample, seed=0
         exhaustive_s = build_s + per_candidate * st.valid
         mode = f"sampled {len(ids)} of {st.valid}"
         same = not beaten
-    case = {"name": name, "gpus": cluster.num_gpus, "search_s": round(search_s, 3), "candidates": st.space_size,
+    case = {"name": name, "gpus": cluster.num_gpus, "search_s": round(search_s, 3),
+            "search_cpu_s": round(search_cpu_s, 3), "candidates": st.space_size,
             "valid": st.valid, "simulated": st.simulated, "pruned_fraction": st.pruned_fraction,
             "pruned_before_simulation": st.pruned, "exhaustive_s": round(exhaustive_s, 2), "exhaustive_mode": mode,
             "speedup_vs_exhaustive": round(exhaustive_s / search_s, 1), "same_optimum": bool(same),
             "best": best.strategy.describe() if best else None,
             "best_iteration_s": round(best.iteration_time_s, 4) if best else None}
-    print(f"{name:16s} {cluster.num_gpus:6d} GPUs  search {search_s:6.2f} s  space {st.space_size:8,d}  valid "
+    print(f"{name:16s} {cluster.num_gpus:6d} GPUs  search {search_s:6.2f} s (cpu {search_cpu_s:5.2f} s)  space {st.space_size:8,d}  valid "
           f"{st.valid:7,d}  simulated {st.simulated:5d}  pruned {100 * st.pruned_fraction:6.3f}%  exhaustive "
           f"{exhaustive_s:9.1f} s ({mode})  x{exhaustive_s / search_s:8.1f}  same optimum {same}  best "
           f"{case['best']} {case['best_iteration_s']} s", flush=True)
