@@ -159,6 +159,14 @@ def torchtitan_config(folder: Path, module: str, function: str, world_size: int)
     return config, dims
 
 
+def torchtitan_params(config) -> int:
+    """Parameters of the model torchtitan builds from the config (on the meta device: shapes only)."""
+    import torch
+    with torch.device("meta"):
+        model = config.model_spec.model.build()
+    return sum(p.numel() for p in model.parameters())
+
+
 def deepspeed_config(cfg: dict, dp: int):
     """deepspeed.runtime.config.DeepSpeedConfig of the exported JSON; its world size is the DP size (an mpu)."""
     import deepspeed.runtime.config as dsc
@@ -196,7 +204,12 @@ def main(argv: list[str]) -> int:
             if engine == "megatron":
                 megatron_configs(parse_megatron_script(case["text"]), case["world_size"])
             elif engine == "torchtitan":
-                torchtitan_config(Path(case["folder"]), case["module"], case["function"], case["world_size"])
+                config, _ = torchtitan_config(Path(case["folder"]), case["module"], case["function"],
+                                              case["world_size"])
+                if case.get("params"):       # the model torchtitan builds is the one paraplan estimated
+                    built = torchtitan_params(config)
+                    assert abs(built / case["params"] - 1) < case.get("params_rtol", 0.005), \
+                        f"torchtitan builds {built:,} parameters, paraplan counts {case['params']:,}"
             elif engine == "deepspeed":
                 deepspeed_config(json.loads(case["text"]), case["dp"])
             out[case["id"]] = "ok"

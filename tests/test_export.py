@@ -14,8 +14,8 @@ from paraplan.errors import ParaplanError
 from paraplan.export import FORMATS, export_plan, write_export
 from paraplan.export import deepspeed as ds, megatron as mg, torchtitan as tt
 from paraplan.export.common import ExportRefused, broken_rules
-from paraplan.specs import JobSpec, Strategy
-from paraplan.specs.loaders import load_cluster, load_model
+from paraplan.specs import JobSpec
+from paraplan.specs.loaders import load_cluster
 from tests.export_cases import deepspeed_strategy, megatron_case, torchtitan_strategy
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "export"
@@ -28,6 +28,7 @@ GOLDEN_CASES = [
     ("deepseek-v3_megatron", "deepseek-v3", "megatron", None),
     ("llama3-70b_torchtitan", "llama3-70b", "torchtitan", torchtitan_strategy),
     ("llama3-405b_torchtitan", "llama3-405b", "torchtitan", torchtitan_strategy),
+    ("llama2-7b_torchtitan", "llama2-7b", "torchtitan", torchtitan_strategy),
     ("llama3-8b_deepspeed", "llama3-8b", "deepspeed", deepspeed_strategy),
     ("gpt3-175b_deepspeed", "gpt3-175b", "deepspeed", deepspeed_strategy),
 ]
@@ -126,7 +127,8 @@ REFUSALS = [
     ("megatron", "llama3-8b", dict(tp=1, pp=2, dp=4, sequence_parallel=False, schedule="gpipe"), "schedule_is_1f1b"),
     ("megatron", "llama3-8b", dict(sequence_parallel=False, tp_comm_overlap=True), "tp_comm_overlap_needs_sp"),
     ("torchtitan", "llama3-8b", dict(zero=1), "zero_is_ddp_or_fsdp"),
-    ("torchtitan", "llama2-7b", dict(zero=3), "model_has_flavor"),
+    ("torchtitan", "gpt3-175b", dict(zero=3), "model_has_flavor"),
+    ("torchtitan", "qwen2-7b", dict(zero=3), "model_has_flavor"),        # q/k/v biases
 ]
 
 

@@ -6,7 +6,6 @@ import os
 import shutil
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 

@@ -36,16 +36,37 @@ SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved": "Interleaved1F1B"}
 
 
 def flavor_of(model: ModelSpec) -> tuple[str, str, str | None] | None:
+    """torchtitan's recipe for this model: a registry flavor of its shape, else ("llama3", "llama3_8b", "custom") for
+    any Llama-architecture model (built with torchtitan's llama3 builders at the model's own sizes), else None."""
     key = (model.layers, model.hidden, model.heads, model.kv_heads, model.ffn, model.vocab,
            model.moe.num_experts if model.moe else 0)
-    return FLAVORS.get(key)
+    if key in FLAVORS:
+        return FLAVORS[key]
+    return ("llama3", "llama3_8b", "custom") if _llama_architecture(model) is None else None
+
+
+def _qkv_bias(model: ModelSpec) -> bool:
+    """Qwen2 has q/k/v biases: hf_config marks them (extra.qkv_bias); the catalog's qwen2 presets model them as no
+    bias (models.yaml), so they are known by name."""
+    return bool(model.extra.get("qkv_bias")) or model.name.lower().startswith(("qwen2", "qwen-2"))
+
+
+def _llama_architecture(model: ModelSpec) -> str | None:
+    """None when torchtitan's llama3 model class can hold this model, else what it lacks."""
+    lacks = [what for what, bad in (("mixture of experts", model.moe), ("multi-latent attention", model.mla),
+                                    ("a gated (SwiGLU) MLP", not model.gated_mlp), ("RMSNorm", model.norm != "rmsnorm"),
+                                    ("no linear biases", model.linear_bias or _qkv_bias(model)),
+                                    ("an untied LM head", model.tied_embeddings),
+                                    ("head_dim = hidden / heads", model.head_dim * model.heads != model.hidden)) if bad]
+    return ", ".join(lacks) if lacks else None
 
 
 # ---- rules ---------------------------------------------------------------------------------------------------------
 def rule_model_has_flavor(s, model, cluster, job):
     if flavor_of(model) is None:
         known = ", ".join(f"{m}.{f if swap is None else swap}" for m, f, swap in FLAVORS.values())
-        return f"torchtitan has no model config of {model.name}'s shape (known: {known})"
+        return (f"torchtitan has no model config for {model.name} (registry recipes: {known}; the llama3 class would "
+                f"need {_llama_architecture(model)})")
 
 
 def rule_zero_is_ddp_or_fsdp(s, model, cluster, job):
@@ -120,11 +141,15 @@ def config_module(s: Strategy, model: ModelSpec, job: JobSpec, launch: str) -> s
              "from torchtitan.config import CompileConfig, ParallelismConfig",
              "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC",
              f"from torchtitan.models.{module}.config_registry import {function} as base_config",
-             *([f"from torchtitan.models.{module} import model_registry"] if swap else []),
+             *([f"from torchtitan.models.{module} import model_registry"] if swap and swap != "custom" else []),
+             *(_custom_model_lines(model, job) if swap == "custom" else []),
              "", "", f"def {FUNCTION}():",
-             f'    """{function}{f" ({swap} model)" if swap else ""} with the plan\'s batch, parallelism and activation checkpointing."""',
+             f'    """{function}{f" ({swap} model)" if swap and swap != "custom" else (f" ({model.name} model)" if swap else "")} with the plan\'s batch, parallelism and activation checkpointing."""',
              "    config = base_config()"]
-    if swap:
+    if swap == "custom":
+        lines.append("    config.model_spec = paraplan_model_spec()")
+        lines.append("    config.loss.loss_fn.global_vocab_size = decoder_vocab_size(config.model_spec)")
+    elif swap:
         lines.append(f"    config.model_spec = model_registry({swap!r})   # the {swap} model, bf16 (no float8 converter)")
     for key, value in v["training"].items():
         lines.append(f"    config.training.{key} = {value!r}")
@@ -143,6 +168,38 @@ def config_module(s: Strategy, model: ModelSpec, job: JobSpec, launch: str) -> s
         lines.append("    config.compile = CompileConfig(enable=True, enable_async_tensor_parallel=True)")
     lines.append("    return config")
     return "\n".join(lines) + "\n"
+
+
+def _custom_model_lines(model: ModelSpec, job: JobSpec) -> list[str]:
+    """A model spec of torchtitan's llama3 class at this model's sizes, built the way torchtitan's own llama3 flavors
+    are (torchtitan/models/llama3/__init__.py: _build_llama3_layers, the same inits; RoPE without llama3 scaling)."""
+    theta = float(model.extra.get("rope_theta", 10000.0))
+    return ["from torchtitan.models import llama3 as llama3_family",
+            "from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm",
+            "from torchtitan.models.common.config_utils import decoder_vocab_size",
+            "", "",
+            "def paraplan_model_spec():",
+            f'    """torchtitan\'s llama3 model class at {model.name}\'s sizes, from torchtitan\'s own llama3 builders."""',
+            f"    dim, n_heads, vocab = {model.hidden}, {model.heads}, {model.vocab}",
+            "    model = llama3_family.Llama3Model.Config(",
+            "        dim=dim,",
+            "        vocab_size=vocab,",
+            "        tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim,",
+            "                                        param_init=llama3_family._EMBEDDING_INIT),",
+            "        norm=RMSNorm.Config(normalized_shape=dim, param_init=llama3_family._NORM_INIT),",
+            "        lm_head=Linear.Config(in_features=dim, out_features=vocab,",
+            "                              param_init=llama3_family._output_linear_init(dim)),",
+            "        layers=llama3_family._build_llama3_layers(",
+            f"            fuse_qkv=True, n_layers={model.layers}, dim=dim, n_heads=n_heads, n_kv_heads={model.kv_heads},",
+            f"            hidden_dim={model.ffn},",
+            f"            rope=ComplexRoPE.Config(dim=dim // n_heads, max_seq_len={max(job.seq_len, model.max_position)}, "
+            f"theta={theta!r}),",
+            '            attn_backend="flex",',
+            "        ),",
+            "    )",
+            '    spec = llama3_family.model_registry("8B")',
+            '    spec.model, spec.flavor = model, "paraplan"',
+            "    return spec"]
 
 
 def export(s: Strategy, model: ModelSpec, cluster: ClusterSpec, job: JobSpec) -> Export:
