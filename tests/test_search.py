@@ -206,3 +206,13 @@ def test_cli_plan_json_why_and_errors():
     nothing = runner.invoke(app, ["plan", "--model", "llama3-70b", "--cluster", "dgx-h100:8", "--global-batch", "64",
                                   "--seq-len", "8192", "--fix", "recompute=none", "--executor", "serial"])
     assert nothing.exit_code == 3 and "no plan fits" in nothing.output
+
+
+def test_cli_plan_exports_and_reports_the_best_plan(tmp_path):
+    args = ["plan", "--model", "gpt-1.7b", "--cluster", "dgx-a100:8", "--global-batch", "64", "--seq-len", "2048",
+            "--executor", "serial", "--top", "2", "--export", "deepspeed", "--out", str(tmp_path / "ds"),
+            "--report", str(tmp_path / "report.html")]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "ds").is_dir() and any((tmp_path / "ds").iterdir())
+    assert "<svg" in (tmp_path / "report.html").read_text()

@@ -33,6 +33,10 @@ def plan(
     why: Optional[str] = typer.Option(None, "--why", help="compare this strategy with the winner"),
     hardware: Optional[str] = typer.Option(None, help="hardware profile from `paraplan profile` (measured GPU, "
                                            "links and efficiencies replace the catalog's)"),
+    export: Optional[str] = typer.Option(None, "--export", help="write launch files of the best plan for "
+                                         "megatron, torchtitan or deepspeed (into --out)"),
+    out: str = typer.Option("paraplan_out", "--out", help="folder for --export files"),
+    report: Optional[str] = typer.Option(None, "--report", help="write an HTML report of the search to this file"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ):
     """Find the fastest strategies that fit in memory: exact branch-and-bound search over dp, tp, pp, cp, ep, vpp,
@@ -48,6 +52,7 @@ def plan(
                                      progress=lambda done, total: bar.update(task, completed=done, total=total),
                                      hardware=hardware)
         explanation = api.explain_strategy(result, why) if why else None
+        written = _write_outputs(result, export, out, report) if result.plans else []
     except ParaplanError as exc:
         _fail(str(exc))
     if as_json:
@@ -66,6 +71,27 @@ def plan(
     _print_stats(result)
     if explanation:
         console.print(f"why: {explanation}")
+    for line in written:
+        console.print(line)
+
+
+def _write_outputs(result, export_format, folder, report_path) -> list[str]:
+    """--export and --report for the best plan; lines saying what was written."""
+    lines = []
+    if export_format:
+        from paraplan.export import export_plan, write_export
+        exported = export_plan(result.plans[0], result.model, result.cluster, result.job, export_format)
+        paths = write_export(exported, folder)
+        lines.append(f"exported for {export_format}: {', '.join(map(str, paths))}; launch: {exported.launch}")
+    if report_path:
+        from pathlib import Path
+        from paraplan.report.search import search_report
+        try:
+            Path(report_path).write_text(search_report(result, calibration=result.calibration), encoding="utf-8")
+        except OSError as e:
+            raise ParaplanError(f"cannot write report '{report_path}': {e.strerror or e}") from None
+        lines.append(f"report: {report_path}")
+    return lines
 
 
 def _print_ranking(result) -> None:
