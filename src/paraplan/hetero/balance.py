@@ -9,44 +9,50 @@ most layers its GPU memory holds. The continuous relaxation of the same problem 
 """
 from __future__ import annotations
 
+import heapq
+import math
+
 
 import numpy as np
 
 from paraplan.errors import ParaplanError
 
 
-def _layers_at(T: float, t, e, caps) -> np.ndarray:
-    return np.minimum(caps, np.floor((T - e) / t + 1e-9)).astype(np.int64)
-
-
 def balanced_split(t, e, layers: int, caps=None) -> tuple[int, ...]:
-    """Integer split minimising max_i(L_i t_i + e_i) with 1 <= L_i <= caps_i; ParaplanError if none exists."""
-    t, e = np.asarray(t, float), np.asarray(e, float)
+    """Integer split minimising max_i(L_i t_i + e_i) with 1 <= L_i <= caps_i; ParaplanError if none exists.
+
+    Start every stage at the layers it holds under the relaxed bottleneck T* (a lower bound on the optimum, so no
+    stage starts above its count in an optimal split), then add layers one at a time where the stage's new time is
+    smallest: the classic greedy for a min-max of increasing separable costs, exact from such a start."""
+    t, e = [float(x) for x in t], [float(x) for x in e]
     n = len(t)
-    caps = np.full(n, layers, np.int64) if caps is None else np.minimum(np.asarray(caps, np.int64), layers)
-    if n > layers or caps.min() < 1 or caps.sum() < layers:
-        raise ParaplanError(f"{layers} layers cannot be split over {n} stages holding at most {caps.tolist()}")
-    # candidate bottlenecks: some stage at exactly k layers
-    cand = np.unique(np.concatenate([np.arange(1, caps[i] + 1) * t[i] + e[i] for i in range(n)]))
-    floor_T = float(np.max(t + e))                 # every stage holds at least one layer
-    cand = cand[cand >= floor_T - 1e-15]
-    lo, hi = 0, len(cand) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _layers_at(cand[mid], t, e, caps).sum() >= layers:
-            hi = mid
-        else:
-            lo = mid + 1
-    split = _layers_at(cand[lo], t, e, caps)
-    excess = int(split.sum() - layers)
-    # give back the extra layers from the slowest stages first (later stages first on ties: earlier stages keep
-    # more micro-batches in flight, so they are the ones short of memory)
-    while excess > 0:
-        times = np.where(split > 1, split * t + e, -np.inf)
-        i = int(np.flatnonzero(times == times.max())[-1])
+    caps = [layers] * n if caps is None else [min(int(c), layers) for c in caps]
+    if n > layers or min(caps) < 1 or sum(caps) < layers:
+        raise ParaplanError(f"{layers} layers cannot be split over {n} stages holding at most {caps}")
+    # stages too slow to take a whole layer at the relaxed bottleneck keep exactly one; the rest share the others
+    fixed: set[int] = set()
+    while True:
+        rest = [i for i in range(n) if i not in fixed]
+        T = relaxed_bottleneck([t[i] for i in rest], [e[i] for i in rest], layers - len(fixed)) if rest else 0.0
+        slow = {i for i in rest if (T - e[i]) / t[i] < 1}
+        if not slow or len(fixed | slow) == n:
+            fixed |= slow if len(fixed | slow) < n else set()
+            break
+        fixed |= slow
+    split = [1 if i in fixed else max(1, min(caps[i], int(math.floor((T - e[i]) / t[i] + 1e-9)))) for i in range(n)]
+    excess = sum(split) - layers
+    while excess > 0:                       # rounding safety: trim the slowest stages
+        i = max((k for k in range(n) if split[k] > 1), key=lambda k: (split[k] * t[k] + e[k], k))
         split[i] -= 1
         excess -= 1
-    return tuple(int(x) for x in split)
+    heap = [((split[i] + 1) * t[i] + e[i], i) for i in range(n) if split[i] < caps[i]]
+    heapq.heapify(heap)
+    for _ in range(layers - sum(split)):
+        _, i = heapq.heappop(heap)
+        split[i] += 1
+        if split[i] < caps[i]:
+            heapq.heappush(heap, ((split[i] + 1) * t[i] + e[i], i))
+    return tuple(split)
 
 
 def relaxed_bottleneck(t, e, layers: int) -> float:

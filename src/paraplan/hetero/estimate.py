@@ -84,6 +84,12 @@ class HeteroContext:
     def edge_time(self, group: int, tp: int, dp: int, mb_sequences: int, first: bool, last: bool) -> float:
         """Per micro-batch seconds a stage spends outside its layers: embedding (first), LM head (last), and the
         framework's per-micro-batch overhead."""
+        key = ("edge", group, tp, dp, mb_sequences, first, last)
+        if key not in self.layer_times:
+            self.layer_times[key] = self._edge_time(group, tp, dp, mb_sequences, first, last)
+        return self.layer_times[key]
+
+    def _edge_time(self, group: int, tp: int, dp: int, mb_sequences: int, first: bool, last: bool) -> float:
         v = self.view(group, tp, dp, 1, mb_sequences, 0, "none", None)
         gpu, cal = v.cluster.gpu, self.cals[group]
         t = cal.microbatch_overhead_s
@@ -181,7 +187,7 @@ def estimate_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
         costs = PipelineCosts(fwd, bwd, 0.0, p2p_overlapped=False)
     else:
         costs = PipelineCosts(fwd, bwd, max(hops, default=0.0), p2p_overlapped=True)
-    pipe = simulate_pipeline("1f1b", pp, 1, m, costs)
+    pipe = simulate_pipeline("1f1b", pp, 1, m, costs, record_events=False)
     finish = [pipe.last_backward_end_s[i] + preps[i].dp_exposed[i] + preps[i].optimizer_s[i] for i in range(pp)]
     critical = max(range(pp), key=lambda i: finish[i])
     overhead = max(ctx.cals[st.group].iteration_overhead_s for st in plan.stages)

@@ -47,10 +47,14 @@ def stages_of(ctx: HeteroContext, c: Candidate) -> list[tuple[int, int, int]]:
 
 
 def stage_rates(ctx: HeteroContext, c: Candidate, stages) -> tuple[list[float], list[float]]:
+    """Per stage: seconds per layer per micro-batch, and seconds per micro-batch besides the layers."""
     st = c.structure
-    t = [ctx.layer_time(g, tp, dp, st.mb, st.zero, st.recompute) for g, tp, dp in stages]
-    e = [ctx.edge_time(g, tp, dp, st.mb, i == 0, i == len(stages) - 1) for i, (g, tp, dp) in enumerate(stages)]
-    return t, e
+    key = ("rates", st, c.order)
+    if key not in ctx.layer_times:
+        t = [ctx.layer_time(g, tp, dp, st.mb, st.zero, st.recompute) for g, tp, dp in stages]
+        e = [ctx.edge_time(g, tp, dp, st.mb, i == 0, i == len(stages) - 1) for i, (g, tp, dp) in enumerate(stages)]
+        ctx.layer_times[key] = (t, e)
+    return ctx.layer_times[key]
 
 
 def initial_split(ctx: HeteroContext, c: Candidate, caps=None) -> tuple[int, ...]:
@@ -191,49 +195,66 @@ def search_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options:
     best: list = []                          # max-heap of (-time, negated index, estimate)
     heap: list = []                          # (bound, index, Candidate, layers)
     seen: set = set()
-    pos = simulated = expanded = oom = 0
+    pos = simulated = expanded = oom = taken = 0
     batch_size = 1 if pool.workers == 1 else 4 * pool.workers
 
     def threshold():
         return -best[0][0] if len(best) >= top_k else np.inf
 
-    def expand(si: int):
-        nonlocal expanded
+    def expand_structure(si: int):
+        """Level 1 -> 2: one entry per group order, bounded by m x its balanced split's slowest stage (no split
+        of that order does better on that term)."""
         st = structs[si]
         for oi, grp_order in enumerate(space.orders_of(ctx, st, opts.orders)):
-            for pi, split in enumerate(opts.splits):
-                c = Candidate(st, grp_order, split, (int(si), oi, pi))
-                try:
-                    layers = initial_split(ctx, c)
-                except ParaplanError:
-                    continue
-                key = (grp_order, st, layers)
-                if key in seen:               # the same plan from an earlier split (balanced covers it)
-                    continue
-                seen.add(key)
-                expanded += 1
-                heapq.heappush(heap, (plan_bound(ctx, c, layers), c.index, c))
+            c = Candidate(st, grp_order, "balanced", (int(si), oi, 0))
+            stages = stages_of(ctx, c)
+            t, e = stage_rates(ctx, c, stages)
+            try:
+                layers = balanced_split(t, e, ctx.model.layers)
+            except ParaplanError:
+                continue
+            m = ctx.job.global_batch // st.mb
+            b1 = m * max(n * ti + ei for n, ti, ei in zip(layers, t, e)) + \
+                max(ctx.cals[g].iteration_overhead_s for g in grp_order)
+            heapq.heappush(heap, (b1, (int(si), oi, -1), 1, (st, grp_order, layers)))
+
+    def expand_order(si: int, oi: int, payload):
+        """Level 2 -> 3: the plans of one order, one per layer split, each with its own bound."""
+        nonlocal expanded
+        st, grp_order, balanced = payload
+        for pi, split in enumerate(opts.splits):
+            c = Candidate(st, grp_order, split, (si, oi, pi))
+            try:
+                layers = balanced if split == "balanced" else initial_split(ctx, c)
+            except ParaplanError:
+                continue
+            key = (grp_order, st, layers)
+            if key in seen:                   # the same plan from an earlier split (balanced covers it)
+                continue
+            seen.add(key)
+            expanded += 1
+            heapq.heappush(heap, (plan_bound(ctx, c, layers), c.index, 2, c))
 
     try:
         while True:
-            # expand every structure whose bound is below the best plan bound still queued
-            while pos < len(order) and (not heap or bounds[order[pos]] <= heap[0][0]):
-                if not exhaustive and bounds[order[pos]] > threshold():
-                    pos = len(order)
-                    break
-                expand(int(order[pos]))
+            limit = np.inf if exhaustive else threshold()
+            top = heap[0][0] if heap else np.inf
+            nxt = bounds[order[pos]] if pos < len(order) else np.inf
+            if min(top, nxt) > limit or (not heap and pos >= len(order)):
+                break
+            if nxt <= top:                    # a structure may hold something better than the queue's best
+                expand_structure(int(order[pos]))
                 pos += 1
-            if not heap:
-                break
+                taken = pos
+                continue
+            if heap[0][2] == 1:
+                _, (si, oi, _), _, payload = heapq.heappop(heap)
+                expand_order(si, oi, payload)
+                continue
             batch = []
-            while heap and len(batch) < batch_size and (exhaustive or heap[0][0] <= threshold()):
-                if pos < len(order) and bounds[order[pos]] < heap[0][0]:
-                    break
-                batch.append(heapq.heappop(heap)[2])
-            if not batch:
-                if pos < len(order) and (exhaustive or bounds[order[pos]] <= threshold()):
-                    continue
-                break
+            while (heap and heap[0][2] == 2 and len(batch) < batch_size and heap[0][0] <= limit
+                   and (pos >= len(order) or heap[0][0] < bounds[order[pos]])):
+                batch.append(heapq.heappop(heap)[3])
             for c, est in zip(batch, pool.map(batch)):
                 if est == OUT_OF_MEMORY:
                     oom += 1
@@ -248,7 +269,7 @@ def search_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options:
         pool.close()
     ranked = sorted(best, key=lambda e: (-e[0], tuple(-x for x in e[1])))
     pruned = {"memory_bound": counts["memory_bound"], "out_of_memory": oom,
-              "time_bound": len(structs) - pos if not exhaustive else 0}
+              "time_bound": len(structs) - taken}
     stats = HeteroSearchStats(counts["generated"], pruned, expanded, simulated, time.perf_counter() - start,
                               pool.name, pool.workers, exhaustive)
     return HeteroSearchResult([e[3] for e in ranked], stats, [e[4] for e in ranked])

@@ -109,7 +109,7 @@ def build(ctx: HeteroContext, opts: SpaceOptions):
     lim = framework_limits(job.framework)
     zeros = [z for z in opts.zero if z in lim.zero_with_pp and z in lim.zero]
     shapes = [_shapes(ctx, g, opts) for g in range(ngroups)]
-    bounds, structures = [], []
+    rows_k, rows_t, rows_e, rows_m, rows_o, structures = [], [], [], [], [], []
     generated = pruned_mem = 0
     for mb in divisors(job.global_batch):
         m = job.global_batch // mb
@@ -129,7 +129,7 @@ def build(ctx: HeteroContext, opts: SpaceOptions):
                     e = ctx.cals[g].microbatch_overhead_s
                     per_layer, fixed = _layer_memory_floor(ctx, g, tp, dp, mb // dp, zero, rc)
                     cap = max(0, int((cap_gib - fixed) // per_layer)) if per_layer > 0 else model.layers
-                    rows.append(((tp, dp), k, k / t, k * e / t, k * min(cap, model.layers)))
+                    rows.append(((tp, dp), k, t, e, k * min(cap, model.layers)))
                 per_group.append(rows)
             for combo in itertools.product(*per_group):
                 used = [r for r in combo if r[0] is not None]
@@ -146,12 +146,51 @@ def build(ctx: HeteroContext, opts: SpaceOptions):
                 if sum(r[4] for r in used) < model.layers or any(r[4] < r[1] for r in used):
                     pruned_mem += 1
                     continue
-                rate = sum(r[2] for r in used)
-                extra = sum(r[3] for r in used)
                 overhead = max(ctx.cals[g].iteration_overhead_s for g, r in enumerate(combo) if r[0] is not None)
-                bounds.append(m * (model.layers + extra) / rate + overhead)
+                rows_k.append([r[1] for r in combo])
+                rows_t.append([r[2] if r[0] is not None else 1.0 for r in combo])
+                rows_e.append([r[3] for r in combo])
+                rows_m.append(m)
+                rows_o.append(overhead)
                 structures.append(Structure(mb, zero, rc, tuple(r[0] for r in combo)))
-    return np.asarray(bounds, float), structures, {"generated": generated, "memory_bound": pruned_mem}
+    bounds = time_bounds(np.asarray(rows_k, float).reshape(-1, ngroups), np.asarray(rows_t, float).reshape(-1, ngroups),
+                         np.asarray(rows_e, float).reshape(-1, ngroups), np.asarray(rows_m, float), model.layers)
+    return bounds + np.asarray(rows_o, float), structures, {"generated": generated, "memory_bound": pruned_mem}
+
+
+def time_bounds(k, t, e, m, layers: int, iterations: int = 40) -> np.ndarray:
+    """Lower bound on the iteration time (before overheads) of every plan of each structure (rows; columns are node
+    groups: k stages, t seconds per layer, e seconds besides layers, per micro-batch).
+
+    Any plan takes at least max_r(S_r + m c_r) (c_r: stage r's work per micro-batch, S_r: the stages' before it;
+    search.plan_bound). Weighting the P terms by w_r proportional to (1 - 1/m)^(P-1-r) gives the same coefficient
+    kappa = 1 / (1 - (1 - 1/m)^P) on every c_j, so a plan takes at least both m * max_r c_r and kappa * sum_r c_r.
+    Over all (even fractional) splits whose slowest stage is at most Y, sum_r c_r is smallest when the fastest
+    stages are filled first; the bound is the smallest max(m Y, kappa * that sum) over Y, found by bisection."""
+    P = k.sum(axis=1)
+    kappa = 1.0 / (1.0 - (1.0 - 1.0 / m) ** P)
+    rate = (k / t).sum(axis=1)
+    y_lo = (layers + (k * e / t).sum(axis=1)) / rate          # the relaxed bottleneck T*
+    y_lo = np.maximum(y_lo, np.where(k > 0, t + e, 0).max(axis=1))
+    by_speed = np.argsort(t + np.where(k > 0, 0, np.inf), axis=1)
+    ks, ts, es = (np.take_along_axis(a, by_speed, axis=1) for a in (k, t, e))
+    edge = (k * e).sum(axis=1)
+
+    def min_total(y):
+        room = np.where(ks > 0, ks * np.maximum(0.0, (y[:, None] - es) / ts), 0.0)   # layers each group can take
+        before = np.cumsum(room, axis=1) - room
+        take = np.clip(layers - before, 0.0, room)
+        return edge + (take * ts).sum(axis=1)
+
+    lo = y_lo.copy()
+    hi = np.maximum(lo, kappa * min_total(lo) / m)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        above = kappa * min_total(mid) > m * mid
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    # below lo the sum term is at least kappa * min_total(lo) > m * lo; above it m * Y > m * lo
+    return m * lo
 
 
 __all__ = ["SpaceOptions", "Structure", "build", "orders_of", "SPLITS"]

@@ -8,6 +8,7 @@ minimise the padded tokens (exact DP, O(Q K^2) vectorised over one index).
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -18,20 +19,19 @@ def min_microbatches(lengths, tokens_capacity: int) -> int:
     return max(1, math.ceil(int(np.sum(lengths)) / tokens_capacity))
 
 
-def _fits(tokens: list[int], limit: int, parts: int) -> bool:
-    """Greedy: can `tokens` be cut into at most `parts` contiguous runs of sum <= limit?"""
-    used, run = 1, 0
-    for t in tokens:
-        if t > limit:
-            return False
-        if run + t > limit:
-            used += 1
-            run = t
-            if used > parts:
-                return False
-        else:
-            run += t
-    return True
+def _fits(prefix: list[int], limit: int, parts: int) -> bool:
+    """Greedy: can the tokens with these prefix sums be cut into at most `parts` contiguous runs of sum <= limit?
+    Each run extends as far as the limit allows (a bisection on the prefix sums: parts steps, not one per item)."""
+    n = len(prefix) - 1
+    start = 0
+    for _ in range(parts):
+        end = bisect.bisect_right(prefix, prefix[start] + limit, start + 1) - 1
+        if end == start:
+            return False                  # one item over the limit
+        if end >= n:
+            return True
+        start = end
+    return False
 
 
 def min_max_partition(tokens: list[int], parts: int) -> list[tuple[int, int]]:
@@ -40,16 +40,18 @@ def min_max_partition(tokens: list[int], parts: int) -> list[tuple[int, int]]:
     weights). Among the optimal cuts it picks the one nearest to equal shares, so the runs stay balanced."""
     n = len(tokens)
     parts = max(1, min(parts, n))
-    lo, hi = max(tokens), sum(tokens)
+    prefix = [0]
+    for t in tokens:
+        prefix.append(prefix[-1] + t)
+    total = prefix[-1]
+    lo, hi = max(max(tokens), -(-total // parts)), total     # no run can be below the largest item or the mean
     while lo < hi:
         mid = (lo + hi) // 2
-        if _fits(tokens, mid, parts):
+        if _fits(prefix, mid, parts):
             hi = mid
         else:
             lo = mid + 1
     limit = lo
-    prefix = np.concatenate([[0], np.cumsum(tokens)]).tolist()
-    total = prefix[-1]
     # need[c]: fewest runs within the limit for tokens[c:] (greedy from c is optimal), by two pointers
     need = [0] * (n + 1)
     end = n

@@ -14,6 +14,7 @@ in tests/test_seqpar_fast.py and benchmarks/flexsp.py (within 2% on 120 micro-ba
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from dataclasses import dataclass, field
 
@@ -50,9 +51,11 @@ class _Instance:
     """One micro-batch: costs per (sequence, shape) and the data the packing loops read (python lists: faster
     than numpy element access in tight loops)."""
 
-    def __init__(self, lengths: np.ndarray, cm: SeqParCostModel, pour_fraction: float = 0.25):
+    def __init__(self, lengths: np.ndarray, cm: SeqParCostModel, pour_fraction: float = 0.25,
+                 seq_costs: np.ndarray | None = None):
         self.cm = cm
-        seq_costs = cm.cost_matrix(lengths)
+        if seq_costs is None:
+            seq_costs = cm.cost_matrix(lengths)
         self.beta = list(cm.fixed_s)
         self.caps = [float(c) for c in cm.capacities]
         self.sizes = [int(d) for d in cm.sizes]
@@ -70,25 +73,32 @@ class _Instance:
         # items: the shortest sequences are packed together in chunks of a few hundred tokens (time and memory
         # add up, so a chunk is exact as an item); long-tail batches have hundreds of them, and the loops below
         # cost per item
-        chunk_tokens = min(self.small_len / 4, float(np.sum(lengths)) / (2 * self.n))
+        length_list = lengths.tolist()
+        chunk_tokens = min(self.small_len / 4, float(sum(length_list)) / (2 * self.n))
         members: list[list[int]] = []
         current, tokens = [], 0
-        for k in np.argsort(lengths, kind="stable"):
-            k = int(k)
-            if lengths[k] > chunk_tokens:
+        for k in np.argsort(lengths, kind="stable").tolist():
+            s = length_list[k]
+            if s > chunk_tokens:
                 members.append([k])
                 continue
-            if current and tokens + lengths[k] > chunk_tokens:
+            if current and tokens + s > chunk_tokens:
                 members.append(current)
                 current, tokens = [], 0
             current.append(k)
-            tokens += int(lengths[k])
+            tokens += s
         if current:
             members.append(current)
         self.members = members
-        self.costs = np.array([seq_costs[m].sum(axis=0) for m in members]) if members else seq_costs
+        if members:
+            flat = [k for m in members for k in m]
+            starts = np.cumsum([0] + [len(m) for m in members[:-1]])
+            self.costs = np.add.reduceat(seq_costs[flat], starts, axis=0)
+        else:
+            self.costs = seq_costs
         self.rows = self.costs.tolist()
-        self.len_list = [int(lengths[m].sum()) for m in members]
+        self.len_list = [sum(length_list[k] for k in m) for m in members]
+        self.len_arr = np.array(self.len_list, dtype=np.int64)
         self.order = sorted(range(len(members)), key=lambda i: -self.len_list[i])
         # a sequence is "small" when it fits on the smallest group: small ones are poured into the group with the
         # most time left (LPT), big ones packed best-fit (they decide which groups exist)
@@ -236,23 +246,49 @@ class _Instance:
                 heapq.heappush(heap, item)
         return groups
 
+    def homogeneous_bounds(self) -> list[float]:
+        """Per shape, a lower bound on the makespan of `homogeneous(shape)`: its costliest item alone, and the
+        total spread evenly over its N / d groups (inf where some item does not fit the shape)."""
+        count = self.n // np.asarray(self.sizes)
+        bound = np.maximum(self.costs.max(axis=0) + np.asarray(self.beta), self.costs.sum(axis=0) / count)
+        return (bound * (1 - 1e-9)).tolist()
+
     def refit(self, groups: list[list]):
         """The same groups, refilled longest first, each sequence to the group where it would finish earliest
-        (memory permitting): LPT for unrelated machines. None if some sequence finds no room."""
+        (memory permitting; the first such group on a tie): LPT for unrelated machines. None if some sequence finds
+        no room. A sequence costs the same on every group of a shape, so per shape only the group that is free
+        first (with room) is a candidate: a heap per shape of (time so far, group)."""
         rows, caps, lens, beta = self.rows, self.caps, self.len_list, self.beta
         fresh = [[g[0], 0.0, 0, []] for g in groups]
+        heaps: dict[int, list[tuple[float, int]]] = {}
+        for gi, g in enumerate(fresh):
+            heaps.setdefault(g[0], []).append((beta[g[0]], gi))     # an empty group starts with its fixed part
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        shortest = lens[self.order[-1]] if self.order else 0
         for k in self.order:
-            best, best_finish = None, float("inf")
-            for g in fresh:
-                t = g[0]
-                if g[2] + lens[k] <= caps[t]:
-                    finish = (g[1] if g[3] else beta[t]) + rows[k][t]
-                    if finish < best_finish:
-                        best, best_finish = g, finish
-            if best is None:
+            s, row = lens[k], rows[k]
+            best, best_finish, best_heap = -1, float("inf"), None
+            aside = []                           # (heap, entry): groups without room for this sequence
+            for t, heap in heaps.items():
+                cap = caps[t]
+                while heap and fresh[heap[0][1]][2] + s > cap:
+                    entry = heapq.heappop(heap)
+                    if fresh[entry[1]][2] + shortest <= cap:
+                        aside.append((heap, entry))   # room for a shorter one later (else full for good)
+                if heap:
+                    start, gi = heap[0]
+                    finish = start + row[t]
+                    if finish < best_finish or (finish == best_finish and gi < best):
+                        best, best_finish, best_heap = gi, finish, heap
+            if best < 0 or best_finish == float("inf"):
                 return None
-            best[1], best[2] = best_finish, best[2] + lens[k]
-            best[3].append(k)
+            g = fresh[best]
+            g[1], g[2] = best_finish, g[2] + s
+            g[3].append(k)
+            heapq.heapreplace(best_heap, (best_finish, best))        # it was that heap's top
+            for heap, entry in aside:
+                heapq.heappush(heap, entry)
         return fresh
 
     def improve(self, groups: list[list], max_moves: int = 16, candidates: int = 4) -> list[list]:
@@ -283,22 +319,7 @@ class _Instance:
                                 best = (pair, k, di, -1)
                             break
             if best is None:
-                partners = sorted((i for i in range(len(groups)) if i != worst and groups[i][3]),
-                                  key=lambda i: groups[i][1])[:2 * candidates]   # the least loaded
-                for k in movable:
-                    for di in partners:
-                        dst = groups[di]
-                        t = dst[0]
-                        for k2 in dst[3]:
-                            if lens[k2] >= lens[k]:
-                                continue
-                            new_src = peak - rows[k][t_src] + rows[k2][t_src]
-                            new_dst = dst[1] - rows[k2][t] + rows[k][t]
-                            pair = max(new_src, new_dst)
-                            if (pair < peak - 1e-12 and (best is None or pair < best[0])
-                                    and src[2] - lens[k] + lens[k2] <= caps[t_src]
-                                    and dst[2] - lens[k2] + lens[k] <= caps[t]):
-                                best = (pair, k, di, k2)
+                best = self._best_swap(groups, worst, movable, 2 * candidates)
             if best is None:
                 break
             _, k, di, k2 = best
@@ -309,6 +330,75 @@ class _Instance:
                 self._remove(dst, k2)
                 self._add(src, k2)
         return groups
+
+    def _best_swap(self, groups: list[list], worst: int, movable: list[int], partners: int):
+        """The swap of a `movable` item of the slowest group with a shorter one of the `partners` least loaded
+        groups that lowers the pair's larger time most: (new peak of the pair, k, dest, k2), or None. Ties go to
+        the first movable item, then the first partner, then its first member (vectorised over all of them)."""
+        src = groups[worst]
+        peak, t_src = src[1], src[0]
+        chosen = heapq.nsmallest(partners, (i for i in range(len(groups)) if i != worst and groups[i][3]),
+                                 key=lambda i: groups[i][1])           # the least loaded
+        if not chosen or not movable:
+            return None
+        if len(movable) * sum(len(groups[di][3]) for di in chosen) <= 256:
+            return self._best_swap_loop(groups, worst, movable, chosen)
+        flat, owner = [], []
+        for pos, di in enumerate(chosen):
+            flat.extend(groups[di][3])
+            owner.extend([pos] * len(groups[di][3]))
+        costs, lens, caps = self.costs, self.len_arr, self.caps
+        owner_arr = np.array(owner)
+        d_shape = np.array([groups[di][0] for di in chosen])[owner_arr]
+        d_load = np.array([groups[di][1] for di in chosen])[owner_arr]
+        d_mem = np.array([groups[di][2] for di in chosen])[owner_arr]
+        d_cap = np.array(caps)[d_shape]
+        k2 = np.array(flat)
+        mv = np.array(movable)
+        len2, len1 = lens[k2], lens[mv]
+        # the same arithmetic, in the same order, as one pair at a time would do
+        new_src = (peak - costs[mv, t_src])[:, None] + costs[k2, t_src][None, :]
+        new_dst = (d_load - costs[k2, d_shape])[None, :] + costs[mv[:, None], d_shape[None, :]]
+        pair = np.maximum(new_src, new_dst)
+        ok = ((len2[None, :] < len1[:, None]) & (pair < peak - 1e-12)
+              & ((src[2] - len1)[:, None] + len2[None, :] <= caps[t_src])
+              & ((d_mem - len2)[None, :] + len1[:, None] <= d_cap[None, :]))
+        if not ok.any():
+            return None
+        masked = np.where(ok, pair, np.inf)
+        col = masked.argmin(axis=1)
+        row_best = masked[np.arange(len(movable)), col]
+        i = int(row_best.argmin())
+        j = int(col[i])
+        return float(row_best[i]), movable[i], chosen[owner[j]], flat[j]
+
+    def _best_swap_loop(self, groups: list[list], worst: int, movable: list[int], chosen: list[int]):
+        """`_best_swap` one pair at a time (faster than numpy on a few candidates; the same result)."""
+        rows, caps, lens = self.rows, self.caps, self.len_list
+        src = groups[worst]
+        peak, t_src = src[1], src[0]
+        cap_src = caps[t_src]
+        best, bound = None, peak - 1e-12
+        for k in movable:
+            row_k, len_k = rows[k], lens[k]
+            out = peak - row_k[t_src]
+            room_src = cap_src - src[2] + len_k
+            for di in chosen:
+                dst = groups[di]
+                t = dst[0]
+                load, into = dst[1], row_k[t]
+                room_dst = caps[t] - dst[2] - len_k
+                for k2 in dst[3]:
+                    len2 = lens[k2]
+                    if len2 >= len_k:
+                        continue
+                    row2 = rows[k2]
+                    new_src = out + row2[t_src]
+                    new_dst = load - row2[t] + into
+                    pair = new_src if new_src > new_dst else new_dst
+                    if pair < bound and len2 <= room_src and room_dst + len2 >= 0:
+                        best, bound = (pair, k, di, k2), pair
+        return best
 
     def _add(self, g, k):
         if not g[3]:
@@ -326,17 +416,20 @@ class _Instance:
 def solve_fast(lengths, cm: SeqParCostModel, indices=None, rel_tol: float = 1e-2,
                variants: tuple[tuple[int, bool], ...] = ((0, True), (0, False), (1, False)),
                pour_fraction: float = 1.0, good_enough: float = 0.005,
-               exact_fallback_max: int = 8, floor_s: float = 0.0) -> MicroBatchSolution | None:
+               exact_max: int = 8, floor_s: float = 0.0,
+               seq_costs: np.ndarray | None = None) -> MicroBatchSolution | None:
     """Plan one micro-batch; None when some sequence fits no group. `indices` maps local positions to the step's
-    sequence indices (default 0..K-1). A micro-batch of at most `exact_fallback_max` sequences that the greedy
-    packs only by enlarging groups (memory fragmentation: the split into the smallest groups that fits is a
-    partition problem) is also given to the MILP for 50 ms, and its plan kept if better. A makespan below
+    sequence indices (default 0..K-1). A micro-batch of at most `exact_max` sequences that the greedy packs only
+    by enlarging groups (memory fragmentation: the split into the smallest groups that fits is a partition
+    problem) is also solved exactly by `solve_small` (a DP over its subsets, about a millisecond), and that plan
+    kept if better. A makespan below
     `floor_s` (the micro-batch's ZeRO-3 floor) gains nothing, so the search stops there. `variants`: the opening
     rules searched, (sizes to step up, prefer enlarging an open group), best kept; `rel_tol`: the binary search's
-    precision (the local search closes the rest)."""
+    precision (the local search closes the rest). `seq_costs`: cm.cost_matrix(lengths), when the caller has it."""
+    lengths = np.asarray(lengths, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
     indices = list(range(len(lengths))) if indices is None else [int(i) for i in indices]
-    inst = _Instance(lengths, cm, pour_fraction)
+    inst = _Instance(lengths, cm, pour_fraction, seq_costs)
     if not np.all(np.isfinite(inst.best_single)):
         return None
     floor_lo = max(inst.lower_bound(), floor_s)
@@ -359,7 +452,10 @@ def solve_fast(lengths, cm: SeqParCostModel, indices=None, rel_tol: float = 1e-2
         if found is not None:
             best, best_target = found
             best_makespan = max(g[1] for g in best)
+    bounds = inst.homogeneous_bounds()
     for shape in range(len(inst.sizes)):
+        if bounds[shape] >= best_makespan:
+            continue                      # cannot beat the best plan: skip the layout
         groups = inst.homogeneous(shape)
         if groups is not None and max(g[1] for g in groups) < best_makespan:
             best, best_target, best_makespan = groups, None, max(g[1] for g in groups)
@@ -381,13 +477,13 @@ def solve_fast(lengths, cm: SeqParCostModel, indices=None, rel_tol: float = 1e-2
             best = refitted
     groups = [(g[0], [indices[k] for item in g[3] for k in inst.members[item]]) for g in best]
     makespan = max(g[1] for g in best)
-    if not smallest_groups_pack and len(lengths) <= exact_fallback_max:
+    if not smallest_groups_pack and len(lengths) <= exact_max:
         # nearly full memory with few sequences is a partition problem the greedy can miss (e.g. two groups of 8
-        # that fit only in one split); a handful of sequences solves exactly in milliseconds
-        from paraplan.seqpar.milp import solve_milp     # milp.py builds on this module
-        exact = solve_milp(lengths, cm, indices=indices, time_limit_s=0.05).solution
+        # that fit only in one split); a handful of sequences solves exactly in a millisecond
+        exact = solve_small(lengths, cm, indices, seq_costs)
         if exact is not None and exact.makespan_s < makespan:
-            return MicroBatchSolution(exact.groups, exact.makespan_s, "fast", {"exact_fallback": True})
+            exact.notes["exact_fallback"] = True
+            return exact
     return MicroBatchSolution(groups, makespan, "fast", {"target_s": best_target})
 
 
@@ -420,3 +516,96 @@ def _search(inst: _Instance, lo: float, grow: int, prefer_grow: bool, rel_tol: f
         else:
             hi, best, target = mid, packed, mid
     return best, target
+
+
+@functools.lru_cache(maxsize=16)
+def _subset_layers(n: int):
+    """For the DP over the subsets of n items: per popcount, the (mask, block, rest) triples where the block holds
+    the mask's lowest item (each split of a mask into its first group and the rest, once), grouped by mask, and
+    where each mask's triples start."""
+    layers = []
+    for count in range(1, n + 1):
+        masks, blocks, rests, starts = [], [], [], []
+        for mask in range(1, 1 << n):
+            if bin(mask).count("1") != count:
+                continue
+            low = mask & -mask
+            starts.append(len(blocks))
+            masks.append(mask)
+            sub = mask
+            while sub:                     # every submask, largest first
+                if sub & low:
+                    blocks.append(sub)
+                    rests.append(mask ^ sub)
+                sub = (sub - 1) & mask
+        layers.append((np.array(masks), np.array(blocks), np.array(rests), np.array(starts)))
+    members = ((np.arange(1 << n)[:, None] >> np.arange(n)[None, :]) & 1).astype(float)   # subset x item
+    return layers, members
+
+
+def solve_small(lengths, cm: SeqParCostModel, indices=None,
+                seq_costs: np.ndarray | None = None) -> MicroBatchSolution | None:
+    """The optimal plan of a micro-batch of a few sequences (the MILP's model: groups of any shapes, sizes summing
+    to at most N, least makespan), by a DP over the 2^K subsets of its sequences: for a makespan C, the fewest
+    GPUs that cover a set of sequences with groups finishing within C (each group the smallest shape that runs its
+    block within C and holds it in memory); the least C, among the block times, at which that fits on N GPUs is
+    found by bisection. Deterministic, about a millisecond for 8 sequences. None when some sequence fits no group."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    costs = cm.cost_matrix(lengths) if seq_costs is None else np.asarray(seq_costs)
+    layers, members = _subset_layers(n)
+    sizes = cm.sizes.astype(float)
+    tokens = members @ lengths.astype(float)                                   # per subset
+    finite = np.where(np.isfinite(costs), costs, 0.0)
+    times = members @ finite + np.asarray(cm.fixed_s)[None, :]                 # subset x shape
+    times = np.where(tokens[:, None] <= cm.capacities[None, :], times, np.inf)
+    times[0] = np.inf
+    full = (1 << n) - 1
+
+    def fewest_gpus(limit: float) -> tuple[np.ndarray, np.ndarray]:
+        need = np.where(times <= limit, sizes[None, :], np.inf).min(axis=1)     # smallest group per block
+        gpus = np.full(1 << n, np.inf)
+        gpus[0] = 0.0
+        for masks, blocks, rests, starts in layers:
+            gpus[masks] = np.minimum.reduceat(need[blocks] + gpus[rests], starts)
+        return gpus, need
+
+    candidates = np.unique(times[np.isfinite(times)])
+    singles = times[1 << np.arange(n)].min(axis=1)
+    if not np.all(np.isfinite(singles)):
+        return None
+    lo = int(np.searchsorted(candidates, singles.max()))     # no makespan below the slowest single sequence
+    hi = len(candidates) - 1
+    if fewest_gpus(candidates[hi])[0][full] > cm.world_size:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fewest_gpus(candidates[mid])[0][full] <= cm.world_size:
+            hi = mid
+        else:
+            lo = mid + 1
+    limit = candidates[lo]
+    gpus, need = fewest_gpus(limit)
+    groups, mask = [], full
+    sizes_list = cm.sizes.tolist()
+    while mask:
+        masks, blocks, rests, starts = layers[bin(mask).count("1") - 1]
+        at = int(np.searchsorted(masks, mask))
+        stop = starts[at + 1] if at + 1 < len(starts) else len(blocks)
+        for j in range(starts[at], stop):
+            if need[blocks[j]] + gpus[rests[j]] == gpus[mask]:
+                block = int(blocks[j])
+                fits = [t for t in range(len(sizes_list)) if times[block, t] <= limit
+                        and sizes_list[t] == need[block]]
+                shape = min(fits, key=lambda t: (times[block, t], t))
+                groups.append((shape, [k for k in range(n) if block >> k & 1]))
+                mask = int(rests[j])
+                break
+    spare = cm.world_size - sum(sizes_list[t] for t, _ in groups)
+    smallest = min(range(len(sizes_list)), key=lambda t: sizes_list[t])
+    groups += [(smallest, []) for _ in range(spare // sizes_list[smallest])]
+    rows = costs.tolist()
+    makespan = max(cm.fixed_s[t] + sum(rows[k][t] for k in ms) for t, ms in groups if ms)
+    return MicroBatchSolution([(t, [indices[k] for k in ms]) for t, ms in groups], float(makespan), "fast",
+                              {"exact": True})

@@ -2,8 +2,12 @@
 (fast planner or MILP), place the groups on ranks, and predict the step time (FlexSP Alg. 1).
 
 step time = sum over micro-batches of max(largest group time, micro-batch floor) + optimizer step.
-The number of micro-batches M is tried from M_min = ceil(tokens / cluster capacity) up to M_min + 4 (FlexSP §4.2:
-M' = 5), skipping those where some micro-batch cannot be planned; the fastest wins.
+The number of micro-batches M takes the first five values from M_min = ceil(tokens / cluster capacity) at which
+every micro-batch fits in the cluster's memory (FlexSP §4.2: M' = 5); the fastest wins. They are searched best
+first: each count's bound is the micro-batches planned so far plus a lower bound for each of the others, and the
+count with the least bound has its next micro-batch planned (longest sequences first: few of them, quick to plan,
+their bound the loosest), until the least bound belongs to a fully planned count. The others' large micro-batches
+(hundreds of short sequences, most of the planner's work) are mostly never planned.
 """
 from __future__ import annotations
 
@@ -81,9 +85,13 @@ class BatchPlan:
         return StepPlan(tuple(self.lengths), cm.world_size, tuple(mbs), self.step_s, notes)
 
 
-def microbatch_cost(solution: MicroBatchSolution, lengths: np.ndarray, cm: SeqParCostModel) -> MicroBatchCost:
+def microbatch_cost(solution: MicroBatchSolution, lengths: np.ndarray, cm: SeqParCostModel,
+                    seq_costs: np.ndarray | None = None) -> MicroBatchCost:
+    """The micro-batch's time and the compute/communication split of its slowest group. `seq_costs`:
+    cm.cost_matrix(lengths) when the caller has it (rows indexed like `lengths`)."""
     members = [k for _, ms in solution.groups for k in ms]
-    costs = dict(zip(members, cm.cost_matrix(lengths[members]).tolist()))     # one evaluation for all groups
+    rows = cm.cost_matrix(lengths[members]) if seq_costs is None else seq_costs[members]
+    costs = dict(zip(members, rows.tolist()))        # one evaluation for all groups
     times = [cm.fixed_s[t] + sum(costs[k][t] for k in ms) if ms else 0.0 for t, ms in solution.groups]
     slowest = int(np.argmax(times))
     t, members = solution.groups[slowest]
@@ -101,11 +109,28 @@ def check_fits(lengths: list[int], cm: SeqParCostModel) -> None:
                                 f"{cm.tokens_per_rank} tokens per GPU = {int(biggest)}) can hold")
 
 
+@dataclass
+class _Count:
+    """One micro-batch count in the search: its micro-batches, the lower bound of each, those planned so far."""
+    m: int
+    parts: list[np.ndarray]
+    bounds: list[float]
+    costs: list[MicroBatchCost] = field(default_factory=list)
+    failed: bool = False
+
+    def bound(self, step_fixed_s: float) -> float:
+        """The step time if planned (all micro-batches planned), else a lower bound on it."""
+        return sum(c.time_s for c in self.costs) + sum(self.bounds[len(self.costs):]) + step_fixed_s
+
+    @property
+    def done(self) -> bool:
+        return len(self.costs) == len(self.parts)
+
+
 def plan_batch(lengths, cm: SeqParCostModel, solver: str = "fast", microbatch_trials: int = MICROBATCH_TRIALS,
-               milp_buckets: int | None = 16, milp_time_limit_s: float = 10.0,
-               stop_when_worse: bool = True) -> BatchPlan:
-    """Plan one step. Raises ParaplanError when the batch cannot be planned. With `stop_when_worse` the
-    micro-batch counts are tried upwards only while the step gets faster (all `microbatch_trials` otherwise)."""
+               milp_buckets: int | None = 16, milp_time_limit_s: float = 10.0) -> BatchPlan:
+    """Plan one step: the fastest of `microbatch_trials` micro-batch counts (best-first search, see the module
+    docstring). Raises ParaplanError when the batch cannot be planned."""
     if solver not in SOLVERS:
         raise ParaplanError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     lengths = check_lengths(lengths)
@@ -113,44 +138,67 @@ def plan_batch(lengths, cm: SeqParCostModel, solver: str = "fast", microbatch_tr
     arr = np.asarray(lengths, dtype=np.int64)
     # CPU seconds: the planner is single-threaded, and on a shared machine the wall clock measures the neighbours
     start = time.process_time()
-    first = min_microbatches(arr, cm.world_size * cm.tokens_per_rank)
-    best: BatchPlan | None = None
-    tried = 0
-    m = first
-    while tried < microbatch_trials and m <= len(arr):
-        parts = blast(arr, m)
-        costs = []
-        so_far = cm.step_fixed_s
-        for part in parts:
-            if best is not None and so_far >= best.step_s:
-                break                      # already slower than the best count: the rest cannot help
+    capacity = cm.world_size * cm.tokens_per_rank
+    first = min_microbatches(arr, capacity)
+    seq_costs = cm.cost_matrix(arr)                  # every sequence on every shape, once for all micro-batches
+    # per sequence: its time alone on its best group, and its least GPU-seconds (a micro-batch's makespan is at
+    # least the largest of the first and the sum of the second over the GPUs: FastPlanner's lower bound)
+    alone = (seq_costs + np.asarray(cm.fixed_s)[None, :]).min(axis=1)
+    gpu_seconds = (seq_costs * cm.sizes[None, :]).min(axis=1)
+    planned: dict[bytes, MicroBatchCost | None] = {}     # a micro-batch recurs across counts: plan it once
+
+    def plan_part(part: np.ndarray) -> MicroBatchCost | None:
+        key = part.tobytes()
+        if key not in planned:
             if solver == "fast":
-                sol = solve_fast(arr[part], cm, indices=part, floor_s=cm.microbatch_floor_s)
+                sol = solve_fast(arr[part], cm, indices=part, floor_s=cm.microbatch_floor_s,
+                                 seq_costs=seq_costs[part])
             else:
                 sol = solve_milp(arr[part], cm, indices=part, buckets=milp_buckets,
                                  time_limit_s=milp_time_limit_s).solution
-            if sol is None:
-                break
-            costs.append(microbatch_cost(sol, arr, cm))
-            so_far += costs[-1].time_s
-        m += 1
-        if len(costs) < len(parts):
-            if best is not None and so_far >= best.step_s:
-                tried += 1
-                if stop_when_worse:
-                    break
-            continue                       # some micro-batch does not fit at this M: try more micro-batches
-        tried += 1
-        step = sum(c.time_s for c in costs) + cm.step_fixed_s
-        if best is None or step < best.step_s:
-            best = BatchPlan(lengths, costs, step, 0.0, solver, cm)
-        elif stop_when_worse:
-            break                          # FlexSP's takeaway 1: fewer micro-batches are usually faster
+            planned[key] = None if sol is None else microbatch_cost(sol, arr, cm, seq_costs)
+        return planned[key]
+
+    counts: list[_Count] = []
+    next_m = first
+
+    def add_count() -> bool:
+        """The next count whose micro-batches all fit in the cluster's memory (the others are skipped)."""
+        nonlocal next_m
+        while next_m <= len(arr):
+            m, next_m = next_m, next_m + 1
+            parts = blast(arr, m)
+            if max(int(arr[p].sum()) for p in parts) > capacity:
+                continue
+            bounds = [max(float(alone[p].max()), float(gpu_seconds[p].sum()) / cm.world_size,
+                          cm.microbatch_floor_s) for p in parts]
+            counts.append(_Count(m, parts, bounds))
+            return True
+        return False
+
+    for _ in range(microbatch_trials):
+        if not add_count():
+            break
+    best: _Count | None = None
+    while True:
+        live = [c for c in counts if not c.failed]
+        if not live:
+            break
+        count = min(live, key=lambda c: (c.bound(cm.step_fixed_s), c.m))
+        if count.done:
+            best = count
+            break
+        cost = plan_part(count.parts[len(count.costs)])
+        if cost is None:
+            count.failed = True            # some micro-batch does not pack at this count: try one more count
+            add_count()
+        else:
+            count.costs.append(cost)
     if best is None:
-        raise ParaplanError(f"no plan found for the batch of {len(arr)} sequences with {first}..{m - 1} "
+        raise ParaplanError(f"no plan found for the batch of {len(arr)} sequences with {first}..{next_m - 1} "
                             "micro-batches")
-    best.planner_s = time.process_time() - start
-    return best
+    step = sum(c.time_s for c in best.costs) + cm.step_fixed_s
+    return BatchPlan(lengths, best.costs, step, time.process_time() - start, solver, cm)
 
 
 def plan_step(lengths, model, cluster, *, max_tokens_per_rank: int | None = None, solver: str = "fast",
