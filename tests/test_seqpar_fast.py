@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from paraplan.seqpar.blaster import blast, min_microbatches
-from paraplan.seqpar.fast import solve_fast
+from paraplan.seqpar.fast import _Instance, solve_fast, solve_small
 from paraplan.seqpar.lengths import sample_lengths
 from paraplan.seqpar.milp import solve_milp
 from tests.seqpar_cases import small_cost_model
@@ -69,3 +69,56 @@ def test_large_micro_batch_is_valid(dist):
     part = blast(lengths, min_microbatches(lengths, cm.world_size * cm.tokens_per_rank))[-1]
     sol = solve_fast(lengths[part], cm)
     check_valid(sol, lengths[part], cm)
+
+
+@pytest.mark.parametrize("lengths", [[30000, 20000, 9000, 3000], [60000, 4000, 4000, 4000, 4000],
+                                     [18755, 14077, 12323, 10905, 9543, 9292], [80000, 1000],
+                                     [13982, 13843, 11266, 8994, 7393, 300]])
+def test_solve_small_equals_brute_force(lengths):
+    # the exact DP for a few sequences (the memory-tight fallback) against every partition into groups
+    from tests.test_seqpar_milp import brute_force
+    models = [small_cost_model()] + ([small_cost_model(nodes=3, sizes="any", ring=True)] if len(lengths) <= 4 else [])
+    for cm in models:
+        lengths_arr = np.array(lengths)
+        sol = solve_small(lengths_arr, cm)
+        check_valid(sol, lengths_arr, cm)
+        assert sol.makespan_s == pytest.approx(brute_force(lengths_arr, cm), rel=1e-9)
+    assert solve_small(np.array([cm.world_size * cm.tokens_per_rank // 2 + 1] * 2 + [10]), cm) is None
+
+
+def reference_refit(inst, groups):
+    """The refill as first written: every group scanned for every sequence."""
+    fresh = [[g[0], 0.0, 0, []] for g in groups]
+    for k in inst.order:
+        best, best_finish = None, float("inf")
+        for g in fresh:
+            t = g[0]
+            if g[2] + inst.len_list[k] <= inst.caps[t]:
+                finish = (g[1] if g[3] else inst.beta[t]) + inst.rows[k][t]
+                if finish < best_finish:
+                    best, best_finish = g, finish
+        if best is None:
+            return None
+        best[1], best[2] = best_finish, best[2] + inst.len_list[k]
+        best[3].append(k)
+    return fresh
+
+
+@pytest.mark.parametrize("dist", ["wikipedia", "commoncrawl", "github"])
+def test_refit_and_swap_search_match_their_plain_forms(dist):
+    # refit's per-shape heaps and the vectorised swap search are speed-ups: the same plans as the plain loops
+    cm = small_cost_model(nodes=8)
+    lengths = np.array(sample_lengths(dist, 300, 50000, seed=3))
+    for part in blast(lengths, min_microbatches(lengths, cm.world_size * cm.tokens_per_rank) + 1):
+        inst = _Instance(lengths[part], cm, 1.0)
+        for target in (inst.lower_bound() * 1.1, inst.lower_bound() * 1.5, 1e18):
+            groups = inst.pack(target)
+            if groups is None:
+                continue
+            assert inst.refit(groups) == reference_refit(inst, groups)
+            loads = [g[1] for g in groups]
+            worst = loads.index(max(loads))
+            movable = sorted(groups[worst][3], key=lambda k: -inst.rows[k][groups[worst][0]])[:4]
+            chosen = [i for i in np.argsort(loads, kind="stable").tolist() if i != worst and groups[i][3]][:8]
+            assert inst._best_swap_vectorised(groups, worst, movable, chosen) == \
+                inst._best_swap_loop(groups, worst, movable, chosen)

@@ -73,3 +73,30 @@ def test_errors_name_the_offending_sequence():
         plan_batch([100, "abc"], cm)
     with pytest.raises(ParaplanError, match="solver"):
         plan_batch([100], cm, solver="scip")
+
+
+@pytest.mark.parametrize("dist", ["wikipedia", "github"])
+def test_best_first_search_finds_the_fastest_count(dist):
+    # the best-first search over micro-batch counts (bounds prune most micro-batches) returns the fastest of the
+    # counts it considers, as planning every micro-batch of every count would
+    import numpy as np
+
+    from paraplan.seqpar.blaster import blast, min_microbatches
+    from paraplan.seqpar.fast import solve_fast
+    from paraplan.seqpar.planner import microbatch_cost
+
+    cm = small_cost_model(nodes=4)
+    lengths = np.array(sample_lengths(dist, 160, 120_000, seed=5))
+    capacity = cm.world_size * cm.tokens_per_rank
+    steps, m = {}, min_microbatches(lengths, capacity)
+    while len(steps) < 5:
+        parts = blast(lengths, m)
+        if max(lengths[p].sum() for p in parts) <= capacity:
+            sols = [solve_fast(lengths[p], cm, indices=p, floor_s=cm.microbatch_floor_s) for p in parts]
+            steps[m] = None if None in sols else (
+                sum(microbatch_cost(s, lengths, cm).time_s for s in sols) + cm.step_fixed_s)
+        m += 1
+    plan = plan_batch(lengths.tolist(), cm)
+    best = min(v for v in steps.values() if v is not None)
+    assert plan.step_s == pytest.approx(best, rel=1e-9)
+    assert len(plan.microbatches) in [k for k, v in steps.items() if v == pytest.approx(best, rel=1e-9)]

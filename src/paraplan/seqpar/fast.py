@@ -8,9 +8,11 @@ fewer GPU-seconds per token: less all-to-all, no cross-node traffic) or enlarges
 more GPUs (keeps memory together). Sequences that fit on the smallest group are poured into the group with the most
 time left (a heap), and the shortest are first bundled into chunks of a few hundred tokens (time and memory add
 up). A binary search finds the least C that packs, for three opening rules (if none packs, new groups open
-larger still); the homogeneous layouts (N/d groups of one shape, filled LPT) are candidates too. Spare GPUs become empty one-GPU groups; the groups are refilled
-earliest-finish-first and a local search moves or swaps sequences off the slowest group. Checked against the MILP
-in tests/test_seqpar_fast.py and benchmarks/flexsp.py (within 2% on 120 micro-batches).
+larger still); the homogeneous layouts (N/d groups of one shape, filled LPT) are candidates too, unless a bound
+says they cannot win. Spare GPUs become empty one-GPU groups; the groups are refilled earliest-finish-first and a
+local search moves or swaps sequences off the slowest group. A micro-batch of at most 8 sequences that packs only
+by enlarging groups (memory fragmentation) is also solved exactly by `solve_small`, a DP over its subsets. Checked
+against the MILP in tests/test_seqpar_fast.py and benchmarks/flexsp.py (within 2% on 120 micro-batches).
 """
 from __future__ import annotations
 
@@ -119,6 +121,9 @@ class _Instance:
         groups: list[list] = []
         used = 0
         heap: list[tuple[float, int]] = []      # (-slack, group) for the pouring phase
+        # groups set aside for want of memory, by room left: sequences come longest first, so one goes back to
+        # the heap once a sequence it can hold comes (until then nothing changes it)
+        parked: list[tuple[float, tuple[float, int]]] = []
         small_limit = 1e-3 * target
         shortest = lens[self.order[-1]]
         pour_limit = self.pour_fraction * target
@@ -131,7 +136,8 @@ class _Instance:
                 heapq.heapify(heap)
             if pouring:
                 placed = False
-                set_aside = []                       # groups without memory for this one (maybe for the next)
+                while parked and -parked[0][0] >= s:
+                    heapq.heappush(heap, heapq.heappop(parked)[1])
                 while heap:
                     neg_slack, gi = heap[0]
                     g = groups[gi]
@@ -146,11 +152,9 @@ class _Instance:
                     if -neg_slack < small_limit or g[2] + shortest > caps[g[0]]:
                         heapq.heappop(heap)          # too little time or memory left for any small sequence
                     elif g[2] + s > caps[g[0]]:
-                        set_aside.append(heapq.heappop(heap))
+                        heapq.heappush(parked, (g[2] - caps[g[0]], heapq.heappop(heap)))   # maybe for a later one
                     else:
                         break                        # the roomiest group cannot take it: open a new one
-                for item in set_aside:
-                    heapq.heappush(heap, item)
                 if placed:
                     continue
             else:
@@ -334,15 +338,19 @@ class _Instance:
     def _best_swap(self, groups: list[list], worst: int, movable: list[int], partners: int):
         """The swap of a `movable` item of the slowest group with a shorter one of the `partners` least loaded
         groups that lowers the pair's larger time most: (new peak of the pair, k, dest, k2), or None. Ties go to
-        the first movable item, then the first partner, then its first member (vectorised over all of them)."""
-        src = groups[worst]
-        peak, t_src = src[1], src[0]
-        chosen = heapq.nsmallest(partners, (i for i in range(len(groups)) if i != worst and groups[i][3]),
-                                 key=lambda i: groups[i][1])           # the least loaded
+        the first movable item, then the first partner, then its first member."""
+        chosen = [i for _, i in heapq.nsmallest(            # the least loaded (the first of equals)
+            partners, [(g[1], i) for i, g in enumerate(groups) if i != worst and g[3]])]
         if not chosen or not movable:
             return None
         if len(movable) * sum(len(groups[di][3]) for di in chosen) <= 256:
             return self._best_swap_loop(groups, worst, movable, chosen)
+        return self._best_swap_vectorised(groups, worst, movable, chosen)
+
+    def _best_swap_vectorised(self, groups: list[list], worst: int, movable: list[int], chosen: list[int]):
+        """`_best_swap` over the members of the `chosen` groups, all pairs at once."""
+        src = groups[worst]
+        peak, t_src = src[1], src[0]
         flat, owner = [], []
         for pos, di in enumerate(chosen):
             flat.extend(groups[di][3])

@@ -142,7 +142,7 @@ def plan_batch(lengths, cm: SeqParCostModel, solver: str = "fast", microbatch_tr
     first = min_microbatches(arr, capacity)
     seq_costs = cm.cost_matrix(arr)                  # every sequence on every shape, once for all micro-batches
     # per sequence: its time alone on its best group, and its least GPU-seconds (a micro-batch's makespan is at
-    # least the largest of the first and the sum of the second over the GPUs: FastPlanner's lower bound)
+    # least the largest of the first and the sum of the second over the GPUs, as in fast.py)
     alone = (seq_costs + np.asarray(cm.fixed_s)[None, :]).min(axis=1)
     gpu_seconds = (seq_costs * cm.sizes[None, :]).min(axis=1)
     planned: dict[bytes, MicroBatchCost | None] = {}     # a micro-batch recurs across counts: plan it once
