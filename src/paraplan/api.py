@@ -114,6 +114,10 @@ def plan_search(model: str, cluster: str, global_batch: int, seq_len: int, preci
     calibration = None
     if hardware is not None:
         cluster_spec, calibration = hardware_setup(hardware, framework, cluster_spec, num_gpus)
+    if cluster_spec is not None and not cluster_spec.is_homogeneous:
+        raise ParaplanError(f"cluster {cluster_spec.name!r} mixes node types "
+                            f"({', '.join(sorted({g.gpu.name for g in cluster_spec.node_groups}))}); plan it with "
+                            f"`paraplan hetero-plan` (heterogeneous stages, layers balanced per GPU type)")
     return search(load_model(model), cluster_spec, job, allowed, top_k=top_k, exhaustive=exhaustive,
                   executor=executor, workers=workers, address=address, calibration=calibration, progress=progress)
 

@@ -195,7 +195,8 @@ def presets():
 
 # Commands that live beside their feature: each module imports `app` (and `console`, `_fail`) from here and
 # decorates its command with @app.command(). Add the module's name to this tuple.
-FEATURE_COMMANDS: tuple[str, ...] = ("paraplan.search.cli", "paraplan.profile.cli", "paraplan.seqpar.cli", "paraplan.export.cli")
+FEATURE_COMMANDS: tuple[str, ...] = ("paraplan.search.cli", "paraplan.profile.cli", "paraplan.seqpar.cli", "paraplan.export.cli",
+                                    "paraplan.hetero.cli", "paraplan.network.cli")
 for _module in FEATURE_COMMANDS:
     importlib.import_module(_module)
 

@@ -30,21 +30,26 @@ def balanced_split(t, e, layers: int, caps=None) -> tuple[int, ...]:
     if n > layers or min(caps) < 1 or sum(caps) < layers:
         raise ParaplanError(f"{layers} layers cannot be split over {n} stages holding at most {caps}")
     # stages too slow to take a whole layer at the relaxed bottleneck keep exactly one; the rest share the others
+    # (the relaxed optimum with L_i >= 1: no stage starts above its count in an optimal split)
     fixed: set[int] = set()
-    while True:
+    T = 0.0
+    while len(fixed) < n:
         rest = [i for i in range(n) if i not in fixed]
-        T = relaxed_bottleneck([t[i] for i in rest], [e[i] for i in rest], layers - len(fixed)) if rest else 0.0
+        T = (layers - len(fixed) + sum(e[i] / t[i] for i in rest)) / sum(1.0 / t[i] for i in rest)
         slow = {i for i in rest if (T - e[i]) / t[i] < 1}
-        if not slow or len(fixed | slow) == n:
-            fixed |= slow if len(fixed | slow) < n else set()
+        if not slow:
             break
         fixed |= slow
-    split = [1 if i in fixed else max(1, min(caps[i], int(math.floor((T - e[i]) / t[i] + 1e-9)))) for i in range(n)]
-    excess = sum(split) - layers
-    while excess > 0:                       # rounding safety: trim the slowest stages
-        i = max((k for k in range(n) if split[k] > 1), key=lambda k: (split[k] * t[k] + e[k], k))
-        split[i] -= 1
-        excess -= 1
+    split = [1 if i in fixed else max(1, min(caps[i], int(math.floor((T - e[i]) / t[i] + 1e-12))))
+             for i in range(n)]
+    if sum(split) > layers:                 # float rounding only: trim the slowest stages
+        trim = [(-(split[i] * t[i] + e[i]), -i) for i in range(n) if split[i] > 1]
+        heapq.heapify(trim)
+        while sum(split) > layers:
+            _, j = heapq.heappop(trim)
+            split[-j] -= 1
+            if split[-j] > 1:
+                heapq.heappush(trim, (-(split[-j] * t[-j] + e[-j]), j))
     heap = [((split[i] + 1) * t[i] + e[i], i) for i in range(n) if split[i] < caps[i]]
     heapq.heapify(heap)
     for _ in range(layers - sum(split)):
@@ -58,9 +63,9 @@ def balanced_split(t, e, layers: int, caps=None) -> tuple[int, ...]:
 def relaxed_bottleneck(t, e, layers: int) -> float:
     """Smallest T with sum_i (T - e_i) / t_i >= layers: a lower bound on max_i(L_i t_i + e_i) for any split
     (ignoring memory caps and integrality), and at least max_i(t_i + e_i) since every stage has a layer."""
-    t, e = np.asarray(t, float), np.asarray(e, float)
-    inv = 1.0 / t
-    return max(float((layers + (e * inv).sum()) / inv.sum()), float(np.max(t + e)))
+    inv = [1.0 / x for x in t]
+    T = (layers + sum(ei * v for ei, v in zip(e, inv))) / sum(inv)
+    return max(T, max(ti + ei for ti, ei in zip(t, e)))
 
 
 def power_split(power, layers: int) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from paraplan.errors import ParaplanError
 from paraplan.estimate import _stage_costs, prepare
 from paraplan.frameworks import MEGATRON_FAMILY, strategy_defaults
 from paraplan.hetero.plan import HeteroEstimate, HeteroPlan, StageResult
-from paraplan.sim.engine import PipelineCosts, simulate_pipeline
+from paraplan.sim.engine import PipelineCosts, peak_inflight, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, LinkSpec, ModelSpec, Strategy
 from paraplan.specs.cluster import NodeGroup
 
@@ -72,13 +72,16 @@ class HeteroContext:
         return StageView(view_cluster, s, job, group)
 
     def layer_time(self, group: int, tp: int, dp: int, mb_sequences: int, zero: int, recompute: str) -> float:
-        """Forward + backward seconds of one (average) layer for one micro-batch on a stage of this shape."""
+        """Forward + backward seconds of one layer for one micro-batch on a stage of this shape: the cheaper kind
+        where dense and MoE layers alternate, so that the search's bounds (m x layers x this) stay below the
+        simulated time whatever layers a stage gets."""
         key = (group, tp, dp, mb_sequences, zero, recompute)
         if key not in self.layer_times:
             v = self.view(group, tp, dp, 1, mb_sequences, zero, recompute, None)
-            sc = _stage_costs(self.model, v.job, v.strategy, v.cluster, self.cals[group],
-                              [list(range(self.model.layers))], self.caches[group])[0]
-            self.layer_times[key] = (sc.forward_s + sc.backward_s) / self.model.layers
+            kinds = {self.model.is_moe_layer(i): i for i in range(self.model.layers)}   # one layer of each kind
+            costs = _stage_costs(self.model, v.job, v.strategy, v.cluster, self.cals[group],
+                                 [[i] for i in kinds.values()], self.caches[group])
+            self.layer_times[key] = min(sc.forward_s + sc.backward_s for sc in costs)
         return self.layer_times[key]
 
     def edge_time(self, group: int, tp: int, dp: int, mb_sequences: int, first: bool, last: bool) -> float:
@@ -100,8 +103,13 @@ class HeteroContext:
         return t
 
 
-def _link_between(a: NodeGroup, b: NodeGroup) -> LinkSpec:
-    """Two node groups talk over the slower of their network links (each end's NIC per GPU)."""
+def link_between(cluster: ClusterSpec, i: int, j: int) -> LinkSpec:
+    """The link node groups i and j talk over: the cluster file's `group_links` entry for the pair (a cross-zone
+    path), else the slower of their network links (each end's NIC per GPU)."""
+    for pair, link in cluster.extra.get("group_links", ()):
+        if pair == (min(i, j), max(i, j)):
+            return link
+    a, b = cluster.node_groups[i], cluster.node_groups[j]
     slow = min((a.inter_node, b.inter_node), key=lambda link: link.bandwidth_gbps)
     return LinkSpec(slow.name, slow.bandwidth_gbps, max(a.inter_node.latency_us, b.inter_node.latency_us))
 
@@ -146,7 +154,25 @@ def hop_times(ctx: HeteroContext, plan: HeteroPlan, views: list[StageView]) -> l
             crosses = nodes_a != nodes_b or len(nodes_a) > 1
             out.append(comm.p2p_time(nbytes, crosses, ga.intra_node, ga.inter_node, cal))
         else:
-            out.append(comm.p2p_time(nbytes, True, ga.intra_node, _link_between(ga, gb), cal))
+            out.append(comm.p2p_time(nbytes, True, ga.intra_node, link_between(cluster, a.group, b.group), cal))
+    return out
+
+
+def stage_memory(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: HeteroPlan,
+                 ctx: HeteroContext | None = None) -> list:
+    """MemoryBreakdown of every stage on its own GPU. Known before any time is computed: the in-flight
+    micro-batches are a property of the 1F1B order alone (sim.engine.peak_inflight)."""
+    ctx = ctx or HeteroContext(model, cluster, job)
+    pp, layers = plan.pp, plan.layers_per_stage
+    m = job.global_batch // plan.microbatch_sequences
+    inflight = peak_inflight("1f1b", pp, 1, m)
+    out, mems = [], {}
+    for i, st in enumerate(plan.stages):
+        key = (st.group, st.tp, st.dp, st.zero, st.recompute)
+        if key not in mems:
+            v = ctx.view(st.group, st.tp, st.dp, pp, plan.microbatch_sequences, st.zero, st.recompute, layers)
+            mems[key] = memory.memory_by_rank(model, v.job, v.strategy, v.cluster.gpu, inflight_microbatches=inflight)
+        out.append(mems[key][i])
     return out
 
 
@@ -154,6 +180,7 @@ def estimate_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
                     ctx: HeteroContext | None = None) -> HeteroEstimate:
     """Iteration time, throughput and per-stage memory of `plan`. Raises ParaplanError when it is invalid."""
     ctx = ctx or HeteroContext(model, cluster, job)
+    placement(cluster, plan)                  # every stage on an existing group, with room for it
     if sum(plan.layers_per_stage) != model.layers:
         raise ParaplanError(f"layers per stage {plan.layers_per_stage} sum to {sum(plan.layers_per_stage)}, "
                             f"the model has {model.layers}")
@@ -193,12 +220,9 @@ def estimate_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, plan: 
     overhead = max(ctx.cals[st.group].iteration_overhead_s for st in plan.stages)
     iteration = finish[critical] + overhead
     stages = []
-    mems: dict = {}
+    mems = stage_memory(model, cluster, job, plan, ctx)
     for i, (v, p) in enumerate(zip(views, preps)):
-        if shape[i] not in mems:
-            mems[shape[i]] = memory.memory_by_rank(model, v.job, v.strategy, v.cluster.gpu,
-                                                   inflight_microbatches=pipe.peak_inflight_microbatches)
-        mem = mems[shape[i]][i]
+        mem = mems[i]
         stages.append(StageResult(v.cluster.gpu.name, fwd[i][0], bwd[i][0], hops[i] if i < len(hops) else 0.0,
                                   p.dp_exposed[i], p.optimizer_s[i], mem, pipe.busy_s[i], pipe.bubble_s[i]))
     flops = compute.model_flops_per_iteration(model, job)

@@ -66,6 +66,20 @@ class HeteroPlan:
     def describe(self) -> str:
         return f"pp={self.pp},mb={self.microbatch_sequences} | " + " | ".join(s.describe() for s in self.stages)
 
+    def summary(self) -> str:
+        """Runs of stages of one shape: "pp=3 mb=16: g1 x1 tp=1 dp=16 L=9 | g0 x2 tp=1 dp=16 L=11,12"."""
+        runs: list[list] = []
+        for s in self.stages:
+            shape = (s.group, s.tp, s.dp, s.zero, s.recompute)
+            if runs and runs[-1][0] == shape:
+                runs[-1][1].append(s.layers)
+            else:
+                runs.append([shape, [s.layers]])
+        parts = [f"g{g} x{len(ls)} tp={tp} dp={dp} L={','.join(map(str, ls))}"
+                 + (f" zero={z}" if z else "") + (f" rc={rc}" if rc != "none" else "")
+                 for (g, tp, dp, z, rc), ls in runs]
+        return f"pp={self.pp} mb={self.microbatch_sequences}: " + " | ".join(parts)
+
     def with_layers(self, layers) -> "HeteroPlan":
         return HeteroPlan(tuple(HeteroStage(s.group, s.tp, s.dp, int(n), s.zero, s.recompute)
                                 for s, n in zip(self.stages, layers)), self.microbatch_sequences)

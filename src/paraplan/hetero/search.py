@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,13 +21,16 @@ import numpy as np
 from paraplan.errors import ParaplanError
 from paraplan.hetero import space
 from paraplan.hetero.balance import balanced_split, power_split
-from paraplan.hetero.estimate import HeteroContext, estimate_hetero
+from paraplan.hetero.estimate import HeteroContext, estimate_hetero, stage_memory
 from paraplan.hetero.plan import HeteroEstimate, HeteroPlan, HeteroStage
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec
 from paraplan.specs.strategy import default_layer_split
 
 REBALANCE_ROUNDS = 6
-OUT_OF_MEMORY = "out_of_memory"
+OUT_OF_MEMORY, STAGE_BOUND = "out_of_memory", "stage_bound"
+EXECUTORS = ("serial", "process", "ray")
+LEAD_STRUCTURES = 512        # searched here before anything is sent to workers (sets the first threshold)
+CHUNK_STRUCTURES = 64        # structures per worker task
 
 
 @dataclass(frozen=True)
@@ -91,19 +94,21 @@ def plan_bound(ctx: HeteroContext, c: Candidate, layers) -> float:
     return float(np.max(before + m * np.asarray(work))) + overhead
 
 
-def evaluate_candidate(ctx: HeteroContext, c: Candidate):
-    """The estimate of a candidate's plan, or OUT_OF_MEMORY. Balanced splits are re-balanced around stages that
-    do not fit."""
+def evaluate_candidate(ctx: HeteroContext, c: Candidate, threshold: float = np.inf):
+    """The estimate of a candidate's plan, or OUT_OF_MEMORY. Memory is judged first (it needs no time): a balanced
+    split whose stages do not fit is re-balanced with lower caps for those stages, a few rounds."""
     layers = initial_split(ctx, c)
     caps = [ctx.model.layers] * len(layers)
     for _ in range(REBALANCE_ROUNDS):
-        est = estimate_hetero(ctx.model, ctx.cluster, ctx.job, plan_of(ctx, c, layers), ctx)
-        if est.fits:
-            return est
+        plan = plan_of(ctx, c, layers)
+        mems = stage_memory(ctx.model, ctx.cluster, ctx.job, plan, ctx)
+        if all(mem.fits for mem in mems):
+            if plan_bound(ctx, c, layers) > threshold:
+                return STAGE_BOUND
+            return estimate_hetero(ctx.model, ctx.cluster, ctx.job, plan, ctx)
         if c.split != "balanced":
             return OUT_OF_MEMORY
-        for i, s in enumerate(est.stages):
-            mem = s.memory
+        for i, mem in enumerate(mems):
             if not mem.fits:
                 per_layer = (mem.weights_gib + mem.gradients_gib + mem.optimizer_gib + mem.activations_gib) / layers[i]
                 over = mem.total_gib - mem.capacity_gib
@@ -117,43 +122,158 @@ def evaluate_candidate(ctx: HeteroContext, c: Candidate):
     return OUT_OF_MEMORY
 
 
-# ---- executors: the same contract as search/executors.py (results in the batch's order) --------------------------
+# ---- branch and bound ------------------------------------------------------------------------------------------
+def branch_and_bound(ctx: HeteroContext, items, threshold: float, top_k: int, opts: space.SpaceOptions,
+                     exhaustive: bool = False):
+    """The `top_k` fastest plans of some structures (items: (position, Structure, bound), by increasing bound)
+    among those whose time is at most `threshold`, as (time, index, estimate), best first; the counts
+    (expanded, simulated, out of memory, plan bound); and how many structures were taken.
+
+    Three levels, each bounded from below: structures (space.build), a structure's group orders (m x the slowest
+    stage of its balanced split, which no split of that order beats), and plans (plan_bound). An entry is opened
+    only while its bound is at most the k-th best time found, so the result equals evaluating everything."""
+    best: list = []
+    heap: list = []
+    pos = expanded = simulated = oom = bounded = 0
+    L = ctx.model.layers
+
+    def limit():
+        if exhaustive:
+            return np.inf
+        return min(threshold, best[-1][0] if len(best) >= top_k else np.inf)
+
+    while True:
+        lim = limit()
+        top = heap[0][0] if heap else np.inf
+        nxt = items[pos][2] if pos < len(items) else np.inf
+        if min(top, nxt) > lim or (not heap and pos >= len(items)):
+            break
+        if nxt <= top:                        # open a structure: one entry per group order
+            si, st, _ = items[pos]
+            pos += 1
+            m = ctx.job.global_batch // st.mb
+            for oi, grp_order in enumerate(space.orders_of(ctx, st, opts.orders)):
+                c = Candidate(st, grp_order, "balanced", (si, oi, 0))
+                t, e = stage_rates(ctx, c, stages_of(ctx, c))
+                try:
+                    layers = balanced_split(t, e, L)
+                except ParaplanError:
+                    continue
+                b1 = m * max(n * ti + ei for n, ti, ei in zip(layers, t, e)) + \
+                    max(ctx.cals[g].iteration_overhead_s for g in grp_order)
+                heapq.heappush(heap, (b1, (si, oi, -1), 1, (st, grp_order, layers)))
+            continue
+        entry = heapq.heappop(heap)
+        if entry[2] == 1:                     # open a group order: one plan per layer split
+            (si, oi, _), (st, grp_order, balanced) = entry[1], entry[3]
+            seen = set()
+            for pi, split in enumerate(opts.splits):
+                c = Candidate(st, grp_order, split, (si, oi, pi))
+                try:
+                    layers = balanced if split == "balanced" else initial_split(ctx, c)
+                except ParaplanError:
+                    continue
+                if layers in seen:            # the same plan from an earlier split (balanced covers it)
+                    continue
+                seen.add(layers)
+                expanded += 1
+                heapq.heappush(heap, (plan_bound(ctx, c, layers), c.index, 2, c))
+            continue
+        c = entry[3]
+        est = evaluate_candidate(ctx, c, lim)
+        if est == OUT_OF_MEMORY:
+            oom += 1
+        elif est == STAGE_BOUND:
+            bounded += 1
+        else:
+            simulated += 1
+            best = sorted(best + [(est.iteration_time_s, c.index, est)], key=lambda x: (x[0], x[1]))[:top_k]
+    return best, (expanded, simulated, oom, bounded), pos
+
+
+# ---- executors: serial, or chunks of structures on local processes ---------------------------------------------
 _context: dict = {}
 
 
-def _init(model, cluster, job) -> None:
-    _context["ctx"] = HeteroContext(model, cluster, job)
+def _init(model, cluster, job, caches=None, layer_times=None) -> None:
+    ctx = HeteroContext(model, cluster, job)
+    ctx.caches.update(caches or {})
+    ctx.layer_times.update(layer_times or {})
+    _context["ctx"] = ctx
 
 
-def _evaluate_batch(cands):
-    ctx = _context["ctx"]
-    return [evaluate_candidate(ctx, c) for c in cands]
+def _chunk(items, threshold, top_k, opts):
+    return branch_and_bound(_context["ctx"], items, threshold, top_k, opts)
 
 
-class _Pool:
-    def __init__(self, ctx: HeteroContext, executor: str, workers: int | None):
-        if executor not in ("serial", "process"):
-            raise ParaplanError(f"unknown executor {executor!r}; allowed: serial, process")
-        self.ctx = ctx
-        self.workers = 1 if executor == "serial" else max(1, workers or os.cpu_count() or 1)
-        self.name = "serial" if self.workers == 1 else "process"
-        self._pool = None
+def _parallel(ctx: HeteroContext, items, opts, top_k: int, workers: int):
+    """Chunks of structures, in increasing order of bound, searched by worker processes with the best time known
+    when each chunk leaves as its threshold. A stale threshold only costs work: a plan outside the final top k has
+    a bound or a time above the final threshold, so whatever the timing the result is the serial one."""
+    # the LEAD_STRUCTURES lowest bounds first, here: they set a threshold before anything is sent out
+    lead, chunk = LEAD_STRUCTURES, CHUNK_STRUCTURES
+    best, first, pos = branch_and_bound(ctx, items[:lead], np.inf, top_k, opts)
+    counts = list(first)
+    pos = lead
 
-    def map(self, cands):
-        if self.workers == 1 or len(cands) < 2 * self.workers:
-            return [evaluate_candidate(self.ctx, c) for c in cands]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, initializer=_init,
-                                             initargs=(self.ctx.model, self.ctx.cluster, self.ctx.job))
-        chunks = [cands[i::self.workers] for i in range(self.workers)]
-        out = [None] * len(cands)
-        for w, part in enumerate(self._pool.map(_evaluate_batch, chunks)):
-            out[w::self.workers] = part
-        return out
+    def limit():
+        return best[-1][0] if len(best) >= top_k else np.inf
 
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown()
+    if pos >= len(items) or items[pos][2] > limit():
+        return best, tuple(counts), min(pos, len(items))
+    with ProcessPoolExecutor(workers, initializer=_init,     # workers start with this process's warm caches
+                             initargs=(ctx.model, ctx.cluster, ctx.job, ctx.caches, ctx.layer_times)) as ex:
+        pending: set = set()
+        while True:
+            while len(pending) < 2 * workers and pos < len(items) and items[pos][2] <= limit():
+                pending.add(ex.submit(_chunk, items[pos:pos + chunk], limit(), top_k, opts))
+                pos += chunk
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                found, n, _ = f.result()
+                best = sorted(best + found, key=lambda x: (x[0], x[1]))[:top_k]
+                counts = [a + b for a, b in zip(counts, n)]
+    return best, tuple(counts), min(pos, len(items))
+
+
+def _ray_parallel(ctx: HeteroContext, items, opts, top_k: int, workers: int | None, address: str | None):
+    """As _parallel, with Ray tasks (on the cluster at `address`, or a local Ray instance) instead of processes."""
+    try:
+        import ray
+    except ImportError:
+        raise ParaplanError("--executor ray needs Ray: pip install 'paraplan[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": workers or os.cpu_count()}))
+    workers = max(1, workers or int(ray.cluster_resources().get("CPU", 1)))
+    lead, chunk = LEAD_STRUCTURES, CHUNK_STRUCTURES
+    best, first, _ = branch_and_bound(ctx, items[:lead], np.inf, top_k, opts)
+    counts, pos = list(first), lead
+    context = ray.put((ctx.model, ctx.cluster, ctx.job, ctx.caches, ctx.layer_times))
+
+    @ray.remote
+    def run(ctx_args, part, threshold):
+        if "ctx" not in _context:         # a Ray worker keeps its context (and its warm caches) between tasks
+            _init(*ctx_args)
+        return _chunk(part, threshold, top_k, opts)
+
+    def limit():
+        return best[-1][0] if len(best) >= top_k else np.inf
+
+    pending: list = []
+    while True:
+        while len(pending) < 2 * workers and pos < len(items) and items[pos][2] <= limit():
+            pending.append(run.remote(context, items[pos:pos + chunk], limit()))
+            pos += chunk
+        if not pending:
+            break
+        done, pending = ray.wait(pending, num_returns=1)
+        for found, n, _ in ray.get(done):
+            best = sorted(best + found, key=lambda x: (x[0], x[1]))[:top_k]
+            counts = [a + b for a, b in zip(counts, n)]
+    return best, tuple(counts), min(pos, len(items)), workers
 
 
 @dataclass
@@ -184,92 +304,32 @@ class HeteroSearchResult:
 
 def search_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options: space.SpaceOptions | None = None,
                   top_k: int = 3, exhaustive: bool = False, executor: str = "process", workers: int | None = None,
-                  ctx: HeteroContext | None = None) -> HeteroSearchResult:
-    """The `top_k` fastest heterogeneous plans that fit (see the module docstring)."""
+                  ctx: HeteroContext | None = None, address: str | None = None) -> HeteroSearchResult:
+    """The `top_k` fastest heterogeneous plans that fit (see the module docstring). `executor`: "serial",
+    "process" (`workers` local processes, default one per CPU) or "ray" (Ray tasks; `address` of a Ray cluster,
+    None for a local instance). The exhaustive mode always runs serially."""
+    if executor not in EXECUTORS:
+        raise ParaplanError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if top_k < 1:
+        raise ParaplanError(f"top_k must be at least 1, got {top_k}")
     start = time.perf_counter()
     opts = options or space.SpaceOptions()
     ctx = ctx or HeteroContext(model, cluster, job)
     bounds, structs, counts = space.build(ctx, opts)
     order = np.lexsort((np.arange(len(bounds)), bounds))
-    pool = _Pool(ctx, executor, workers)
-    best: list = []                          # max-heap of (-time, negated index, estimate)
-    heap: list = []                          # (bound, index, Candidate, layers)
-    seen: set = set()
-    pos = simulated = expanded = oom = taken = 0
-    batch_size = 1 if pool.workers == 1 else 4 * pool.workers
-
-    def threshold():
-        return -best[0][0] if len(best) >= top_k else np.inf
-
-    def expand_structure(si: int):
-        """Level 1 -> 2: one entry per group order, bounded by m x its balanced split's slowest stage (no split
-        of that order does better on that term)."""
-        st = structs[si]
-        for oi, grp_order in enumerate(space.orders_of(ctx, st, opts.orders)):
-            c = Candidate(st, grp_order, "balanced", (int(si), oi, 0))
-            stages = stages_of(ctx, c)
-            t, e = stage_rates(ctx, c, stages)
-            try:
-                layers = balanced_split(t, e, ctx.model.layers)
-            except ParaplanError:
-                continue
-            m = ctx.job.global_batch // st.mb
-            b1 = m * max(n * ti + ei for n, ti, ei in zip(layers, t, e)) + \
-                max(ctx.cals[g].iteration_overhead_s for g in grp_order)
-            heapq.heappush(heap, (b1, (int(si), oi, -1), 1, (st, grp_order, layers)))
-
-    def expand_order(si: int, oi: int, payload):
-        """Level 2 -> 3: the plans of one order, one per layer split, each with its own bound."""
-        nonlocal expanded
-        st, grp_order, balanced = payload
-        for pi, split in enumerate(opts.splits):
-            c = Candidate(st, grp_order, split, (si, oi, pi))
-            try:
-                layers = balanced if split == "balanced" else initial_split(ctx, c)
-            except ParaplanError:
-                continue
-            key = (grp_order, st, layers)
-            if key in seen:                   # the same plan from an earlier split (balanced covers it)
-                continue
-            seen.add(key)
-            expanded += 1
-            heapq.heappush(heap, (plan_bound(ctx, c, layers), c.index, 2, c))
-
-    try:
-        while True:
-            limit = np.inf if exhaustive else threshold()
-            top = heap[0][0] if heap else np.inf
-            nxt = bounds[order[pos]] if pos < len(order) else np.inf
-            if min(top, nxt) > limit or (not heap and pos >= len(order)):
-                break
-            if nxt <= top:                    # a structure may hold something better than the queue's best
-                expand_structure(int(order[pos]))
-                pos += 1
-                taken = pos
-                continue
-            if heap[0][2] == 1:
-                _, (si, oi, _), _, payload = heapq.heappop(heap)
-                expand_order(si, oi, payload)
-                continue
-            batch = []
-            while (heap and heap[0][2] == 2 and len(batch) < batch_size and heap[0][0] <= limit
-                   and (pos >= len(order) or heap[0][0] < bounds[order[pos]])):
-                batch.append(heapq.heappop(heap)[3])
-            for c, est in zip(batch, pool.map(batch)):
-                if est == OUT_OF_MEMORY:
-                    oom += 1
-                    continue
-                simulated += 1
-                entry = (-est.iteration_time_s, tuple(-x for x in c.index), id(est))
-                if len(best) < top_k:
-                    heapq.heappush(best, entry + (est, c.index))
-                elif entry[:2] > best[0][:2]:
-                    heapq.heapreplace(best, entry + (est, c.index))
-    finally:
-        pool.close()
-    ranked = sorted(best, key=lambda e: (-e[0], tuple(-x for x in e[1])))
-    pruned = {"memory_bound": counts["memory_bound"], "out_of_memory": oom,
+    items = [(int(i), structs[i], float(bounds[i])) for i in order]
+    n_workers = 1 if executor == "serial" or exhaustive else max(1, workers or os.cpu_count() or 1)
+    if executor == "ray" and not exhaustive:
+        found, (expanded, simulated, oom, bounded), taken, n_workers = _ray_parallel(ctx, items, opts, top_k,
+                                                                                     workers, address)
+    elif n_workers > 1:
+        found, (expanded, simulated, oom, bounded), taken = _parallel(ctx, items, opts, top_k, n_workers)
+    else:
+        found, (expanded, simulated, oom, bounded), taken = branch_and_bound(ctx, items, np.inf, top_k, opts,
+                                                                              exhaustive)
+    pruned = {"memory_bound": counts["memory_bound"], "out_of_memory": oom, "plan_bound": bounded,
               "time_bound": len(structs) - taken}
     stats = HeteroSearchStats(counts["generated"], pruned, expanded, simulated, time.perf_counter() - start,
-                              pool.name, pool.workers, exhaustive)
-    return HeteroSearchResult([e[3] for e in ranked], stats, [e[4] for e in ranked])
+                              "ray" if executor == "ray" and not exhaustive
+                              else "serial" if n_workers == 1 else "process", n_workers, exhaustive)
+    return HeteroSearchResult([f[2] for f in found], stats, [f[1] for f in found])

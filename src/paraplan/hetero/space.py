@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from paraplan.cost import memory
-from paraplan.errors import ParaplanError
 from paraplan.estimate import MAX_MICROBATCHES
 from paraplan.frameworks import conventions_for, framework_limits
 from paraplan.hetero.estimate import HeteroContext

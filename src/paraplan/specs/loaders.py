@@ -298,7 +298,7 @@ def load_model(spec: str) -> ModelSpec:
 # ---- clusters --------------------------------------------------------------------------------------------------
 _LINK_FIELDS = {"name", "bandwidth_gbps", "bandwidth_gbit", "latency_us", "nvls"}
 _NODE_FIELDS = {"name", "base", "preset", "gpu", "gpus_per_node", "nodes", "num_nodes", "num_gpus", "default_nodes",
-                "intra_node", "inter_node", "source", "node_groups"}
+                "intra_node", "inter_node", "source", "node_groups", "group_links"}
 _DEFAULT_LATENCY = {"intra_node": 3.0, "inter_node": 8.0}
 
 
@@ -377,6 +377,24 @@ def _node_group_from_dict(d: dict, where: str, num_gpus: int | None = None) -> N
                      _link_from_dict(d["inter_node"], "inter_node", where))
 
 
+def _group_links(raw: Any, n: int, where: str) -> tuple:
+    """`group_links:` [{groups: [a, b], bandwidth_gbps: ..., latency_us: ...}]: the link between two node groups
+    (a cross-zone or slow-rack path), per GPU per direction, instead of the slower of their network links.
+    Heterogeneous plans (paraplan.hetero) send pipeline traffic over it. Returns ((a, b), LinkSpec) pairs, a < b."""
+    if not isinstance(raw, list):
+        raise ParaplanError(f"{where}: field 'group_links' must be a list of {{groups: [a, b], bandwidth_gbps: ...}}")
+    out = []
+    for k, item in enumerate(raw):
+        lw = f"{where} group_links[{k}]"
+        item = dict(_mapping(item, f"group_links[{k}]", where))
+        pair = item.pop("groups", None)
+        if (not isinstance(pair, list) or len(pair) != 2 or any(isinstance(g, bool) or not isinstance(g, int)
+                                                                 or not 0 <= g < n for g in pair) or pair[0] == pair[1]):
+            raise ParaplanError(f"{lw}: 'groups' must name two different node groups among 0..{n - 1}, got {pair!r}")
+        out.append(((min(pair), max(pair)), _link_from_dict(item, "inter_node", lw)))
+    return tuple(out)
+
+
 def cluster_from_dict(data: dict, where: str = "cluster", num_gpus: int | None = None,
                       default_name: str = "cluster") -> ClusterSpec:
     """A ClusterSpec from a mapping: one node type (like the presets) or `node_groups:` (heterogeneous)."""
@@ -391,9 +409,11 @@ def cluster_from_dict(data: dict, where: str = "cluster", num_gpus: int | None =
         groups = []
         for i, g in enumerate(groups_raw):
             gw = f"{where} node_groups[{i}]"
-            _check_keys(_mapping(g, f"node_groups[{i}]", where), _NODE_FIELDS - {"node_groups"}, gw)
+            _check_keys(_mapping(g, f"node_groups[{i}]", where), _NODE_FIELDS - {"node_groups", "group_links"}, gw)
             groups.append(_node_group_from_dict(g, gw))
         cluster = ClusterSpec(name, tuple(groups), source)
+        if "group_links" in data:
+            cluster.extra["group_links"] = _group_links(data["group_links"], len(groups), where)
         if num_gpus is not None and num_gpus != cluster.num_gpus:
             if not cluster.is_homogeneous:
                 raise ParaplanError(f"{where}: cannot resize a heterogeneous cluster of {cluster.num_gpus} GPUs "

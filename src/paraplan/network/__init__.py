@@ -1,0 +1,1 @@
+"""Changing networks: bandwidth traces (trace.py) and re-planning over them (replan.py)."""

@@ -1,0 +1,219 @@
+"""Heterogeneous plans: the estimate reduces to the homogeneous one, the balancer is exact, the search equals
+exhaustive evaluation, the properties of the issue hold, and the CLI fails in one line."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from paraplan.cli import app
+from paraplan.errors import ParaplanError
+from paraplan.estimate import estimate
+from paraplan.hetero.balance import balanced_split, power_split, relaxed_bottleneck, split_time
+from paraplan.hetero.compare import plan_hetero
+from paraplan.hetero.estimate import HeteroContext, as_strategy, estimate_hetero
+from paraplan.hetero.plan import HeteroPlan, HeteroStage
+from paraplan.hetero.search import search_hetero
+from paraplan.hetero.space import SpaceOptions
+from paraplan.specs import JobSpec
+from paraplan.specs.loaders import cluster_from_dict, load_cluster, load_model, model_from_dict
+from paraplan.specs.strategy import default_layer_split
+
+# a small dense model: 8 layers, so exhaustive searches stay fast
+SMALL = model_from_dict({"name": "small8", "layers": 8, "hidden": 512, "heads": 8, "ffn": 2048, "vocab": 4096,
+                         "max_position": 1024, "norm": "rmsnorm", "gated_mlp": True, "linear_bias": False})
+
+
+def mixed(a100_gpus=4, v100_gpus=4, v100_inter_gbit=None):
+    v100 = {"preset": "dgx-v100", "num_gpus": v100_gpus}
+    if v100_inter_gbit:
+        v100["inter_node"] = {"bandwidth_gbit": v100_inter_gbit}
+    return cluster_from_dict({"name": "a100+v100", "node_groups": [{"preset": "dgx-a100", "num_gpus": a100_gpus},
+                                                                    v100]})
+
+
+# ---- estimate ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tp,dp,pp", [(8, 1, 4), (4, 2, 4), (2, 2, 2), (1, 8, 4), (2, 1, 4)])
+def test_even_plan_on_one_group_is_the_homogeneous_estimate(tp, dp, pp):
+    """Stages of one shape on one node type are a plain Strategy: same time and memory as estimate()."""
+    model, job = load_model("llama3-8b"), JobSpec(global_batch=64, seq_len=4096)
+    cluster = load_cluster("dgx-a100", tp * dp * pp)
+    ctx = HeteroContext(model, cluster, job)
+    plan = HeteroPlan(tuple(HeteroStage(0, tp, dp, 32 // pp) for _ in range(pp)), dp)
+    h = estimate_hetero(model, cluster, job, plan, ctx)
+    e = estimate(model, cluster, job, as_strategy(ctx, plan))
+    assert h.iteration_time_s == pytest.approx(e.iteration_time_s, rel=1e-12)
+    assert max(s.memory.total_gib for s in h.stages) == pytest.approx(e.memory.total_gib, rel=1e-12)
+
+
+def test_each_stage_is_costed_on_its_own_gpu():
+    """The same stage shape is slower on V100 (125 TFLOP/s) than on A100 (312), and judged against 32 vs 80 GB."""
+    model, job = SMALL, JobSpec(global_batch=16, seq_len=1024)
+    cluster = mixed()
+    plan = HeteroPlan((HeteroStage(0, 1, 4, 4), HeteroStage(1, 1, 4, 4)), 4)
+    est = estimate_hetero(model, cluster, job, plan)
+    a100, v100 = est.stages
+    assert (a100.gpu, v100.gpu) == ("A100-SXM4-80GB", "V100-SXM2-32GB")
+    assert v100.backward_s > a100.backward_s
+    assert a100.memory.capacity_gib > 2 * v100.memory.capacity_gib
+    # the send between groups uses the slower network (V100 EDR 12.5 GB/s, A100 HDR 25 GB/s)
+    assert a100.p2p_s > 0 and v100.p2p_s == 0
+
+
+def test_bad_plans_are_one_line_errors():
+    model, job, cluster = SMALL, JobSpec(global_batch=16, seq_len=1024), mixed()
+    with pytest.raises(ParaplanError, match="node group 2 does not exist"):
+        estimate_hetero(model, cluster, job, HeteroPlan((HeteroStage(2, 1, 4, 8),), 4))
+    with pytest.raises(ParaplanError, match="no room"):
+        estimate_hetero(model, cluster, job, HeteroPlan((HeteroStage(0, 1, 4, 4), HeteroStage(0, 2, 2, 4)), 4))
+    with pytest.raises(ParaplanError, match="sum to 7"):
+        estimate_hetero(model, cluster, job, HeteroPlan((HeteroStage(0, 1, 4, 3), HeteroStage(1, 1, 4, 4)), 4))
+    with pytest.raises(ParaplanError, match="split evenly over dp=4"):
+        HeteroPlan((HeteroStage(0, 1, 4, 8),), 2)
+
+
+# ---- balancing -----------------------------------------------------------------------------------------------
+def test_balanced_split_is_optimal_against_brute_force():
+    rng = random.Random(7)
+    for _ in range(600):
+        n = rng.randint(1, 4)
+        layers = rng.randint(n, 9)
+        t = [rng.choice([0.1, 0.5, 1, 1.5, 3, 10]) for _ in range(n)]
+        e = [rng.choice([0, 0.3, 1, 5]) for _ in range(n)]
+        caps = [rng.randint(1, layers) for _ in range(n)]
+        if sum(caps) < layers:
+            with pytest.raises(ParaplanError):
+                balanced_split(t, e, layers, caps)
+            continue
+        best = min(split_time(s, t, e) for s in itertools.product(*[range(1, c + 1) for c in caps])
+                   if sum(s) == layers)
+        got = balanced_split(t, e, layers, caps)
+        assert sum(got) == layers and all(1 <= g <= c for g, c in zip(got, caps))
+        assert split_time(got, t, e) == pytest.approx(best)
+        assert relaxed_bottleneck(t, e, layers) <= best + 1e-12
+
+
+def test_uneven_splits_reduce_to_even_on_identical_stages():
+    for stages, layers in ((4, 32), (8, 80), (3, 12), (5, 5)):
+        assert balanced_split([1.0] * stages, [0.0] * stages, layers) == default_layer_split(layers, stages)
+        assert power_split([312.0] * stages, layers) == default_layer_split(layers, stages)
+
+
+def test_power_split_follows_compute():
+    # H100 989 vs V100 125 TFLOP/s: 80 layers -> 1 + 78 * 989/1114 = 70.2 and 1 + 78 * 125/1114 = 9.8
+    assert power_split([989.0, 125.0], 80) == (70, 10)
+
+
+# ---- search --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", [("debug", 4, 4, 16), ("small", 4, 4, 16), ("small", 8, 4, 32), ("small", 2, 8, 8)])
+def test_pruned_search_equals_exhaustive(case):
+    name, a100, v100, gb = case
+    model = load_model("debug") if name == "debug" else SMALL
+    cluster, job = mixed(a100, v100), JobSpec(global_batch=gb, seq_len=512)
+    opts = SpaceOptions(tp=(1, 2), recompute=("none", "full"))       # a smaller space keeps exhaustive fast
+    pruned = search_hetero(model, cluster, job, opts, top_k=3, executor="serial")
+    full = search_hetero(model, cluster, job, opts, top_k=3, exhaustive=True, executor="serial")
+    assert pruned.indices == full.indices
+    assert [p.iteration_time_s for p in pruned.plans] == [p.iteration_time_s for p in full.plans]
+    assert pruned.stats.simulated < full.stats.simulated
+
+
+def test_process_executor_gives_the_serial_answer(monkeypatch):
+    import paraplan.hetero.search as hs
+    monkeypatch.setattr(hs, "LEAD_STRUCTURES", 0)       # send the whole (small) space to the workers
+    monkeypatch.setattr(hs, "CHUNK_STRUCTURES", 128)
+    model, cluster, job = SMALL, mixed(8, 4), JobSpec(global_batch=32, seq_len=512)
+    serial = search_hetero(model, cluster, job, top_k=2, executor="serial")
+    parallel = search_hetero(model, cluster, job, top_k=2, executor="process", workers=2)
+    assert serial.indices == parallel.indices and parallel.stats.executor == "process"
+    assert parallel.stats.simulated > serial.stats.simulated     # the workers started without a threshold
+
+
+def test_more_bandwidth_is_never_slower():
+    model, job = SMALL, JobSpec(global_batch=16, seq_len=1024)
+    times = [search_hetero(model, mixed(4, 4, gbit), job, top_k=1, executor="serial").best.iteration_time_s
+             for gbit in (25, 100, 400)]
+    assert times[0] >= times[1] >= times[2]
+
+
+def test_adding_gpus_never_lowers_the_best_throughput():
+    model, job = SMALL, JobSpec(global_batch=16, seq_len=1024)
+    alone = cluster_from_dict({"name": "a", "node_groups": [{"preset": "dgx-a100", "num_gpus": 4}]})
+    one = search_hetero(model, alone, job, top_k=1, executor="serial").best.tokens_per_s
+    two = search_hetero(model, mixed(4, 4), job, top_k=1, executor="serial").best.tokens_per_s
+    assert two >= one
+
+
+def test_planner_beats_or_ties_every_baseline():
+    model, job = SMALL, JobSpec(global_batch=32, seq_len=1024)
+    result = plan_hetero(model, mixed(8, 8), job, executor="serial")
+    ratios = result.ratios()
+    assert set(ratios) == {"homogeneous_subset", "uniform_split", "metis_like"}
+    assert all(r is not None and r >= 1 - 1e-12 for r in ratios.values())
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def test_cli_hetero_plan_json():
+    out = runner.invoke(app, ["hetero-plan", "--model", "debug", "--cluster", "examples/hetero_a100_v100.yaml",
+                              "--global-batch", "16", "--seq-len", "512", "--executor", "serial", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["heterogeneous"]["fits_in_memory"] and set(doc["throughput_ratio"]) == {
+        "homogeneous_subset", "uniform_split", "metis_like"}
+
+
+@pytest.mark.parametrize("body,message", [
+    ("node_groups:\n  - {gpu: Z100, gpus_per_node: 8, intra_node: {bandwidth_gbps: 100}, "
+     "inter_node: {bandwidth_gbps: 10}}\n", "Z100"),
+    ("node_groups:\n  - {preset: dgx-a100, inter_node: {bandwidth_gbps: -5}}\n", "must be a positive number"),
+])
+def test_cli_bad_cluster_files(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    out = runner.invoke(app, ["hetero-plan", "--model", "debug", "--cluster", str(path), "--global-batch", "16",
+                              "--seq-len", "512", "--executor", "serial"])
+    assert out.exit_code == 2
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_homogeneous_plan_command_points_to_hetero_plan():
+    out = runner.invoke(app, ["plan", "--model", "debug", "--cluster", "examples/hetero_a100_v100.yaml",
+                              "--global-batch", "16", "--seq-len", "512", "--executor", "serial"])
+    assert out.exit_code == 2 and "hetero-plan" in out.output
+
+
+def test_a_faster_link_never_slows_a_fixed_plan():
+    model, job = SMALL, JobSpec(global_batch=16, seq_len=1024)
+    plan = HeteroPlan((HeteroStage(0, 2, 2, 5), HeteroStage(1, 2, 2, 3)), 4)
+    times = [estimate_hetero(model, mixed(4, 4, gbit), job, plan).iteration_time_s for gbit in (10, 100, 1000)]
+    assert times[0] > times[1] >= times[2]
+
+
+def test_mixture_of_experts_stages():
+    """MoE layers go through the same per-stage views (expert parallelism stays off in heterogeneous plans)."""
+    model = load_model("mixtral-8x7b")
+    job = JobSpec(global_batch=64, seq_len=4096)
+    cluster = cluster_from_dict({"name": "h100+a100", "node_groups": [{"preset": "dgx-h100", "num_nodes": 2},
+                                                                      {"preset": "dgx-a100", "num_nodes": 2}]})
+    plan = HeteroPlan((HeteroStage(0, 8, 2, 20, zero=1), HeteroStage(1, 8, 2, 12, zero=1, recompute="full")), 2)
+    est = estimate_hetero(model, cluster, job, plan)
+    assert est.iteration_time_s > 0 and [s.gpu for s in est.stages] == ["H100-SXM5-80GB", "A100-SXM4-80GB"]
+
+
+def test_ray_executor_gives_the_serial_answer(monkeypatch):
+    pytest.importorskip("ray")
+    import paraplan.hetero.search as hs
+    monkeypatch.setattr(hs, "LEAD_STRUCTURES", 0)
+    monkeypatch.setattr(hs, "CHUNK_STRUCTURES", 128)
+    model, cluster, job = SMALL, mixed(8, 4), JobSpec(global_batch=32, seq_len=512)
+    serial = search_hetero(model, cluster, job, top_k=2, executor="serial")
+    on_ray = search_hetero(model, cluster, job, top_k=2, executor="ray", workers=2)
+    assert serial.indices == on_ray.indices and on_ray.stats.executor == "ray"
+    assert on_ray.stats.simulated > serial.stats.simulated
