@@ -134,6 +134,10 @@ def default_layer_split(layers: int, stages: int) -> tuple[int, ...]:
     counts[-1] -= 1
     while sum(counts) > layers:            # stages == 1 or more stages than the middle can absorb
         counts[counts.index(max(counts))] -= 1
+    if min(counts) < 1:                    # nearly one layer per stage: an edge stage would hold none; split evenly
+        base, extra = divmod(layers, stages)
+        first_extra = (stages - extra) // 2          # the extra layers go to the middle stages
+        counts = [base + (1 if first_extra <= i < first_extra + extra else 0) for i in range(stages)]
     return tuple(counts)
 
 
