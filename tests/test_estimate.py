@@ -141,3 +141,12 @@ def test_layers_that_do_not_divide_take_megatrons_uneven_split():
     c = ClusterSpec("three", (NodeGroup(A100, 1, 3, LinkSpec("nvlink", 300, 3.0), LinkSpec("ib", 25, 8.0)),))
     plan = estimate(GPT, c, JobSpec(12, 1024), Strategy(pp=3))
     assert any("uneven pipeline split (5, 6, 5)" in a for a in plan.assumptions)
+
+
+def test_default_split_never_leaves_a_stage_empty():
+    from paraplan.specs.strategy import default_layer_split
+    # Megatron's account-for-embedding split when it leaves every stage a layer (126 layers, 8 stages) ...
+    assert default_layer_split(126, 8) == (15, 16, 16, 16, 16, 16, 16, 15)
+    # ... and an even split, extras in the middle, when it would leave an edge stage none (32 layers, 31 stages)
+    split = default_layer_split(32, 31)
+    assert sum(split) == 32 and min(split) == 1 and split[15] == 2

@@ -217,11 +217,3 @@ def test_cli_plan_exports_and_reports_the_best_plan(tmp_path):
     assert (tmp_path / "ds").is_dir() and any((tmp_path / "ds").iterdir())
     assert "<svg" in (tmp_path / "report.html").read_text()
 
-
-def test_default_split_never_leaves_a_stage_empty():
-    from paraplan.specs.strategy import default_layer_split
-    # Megatron's account-for-embedding split when it leaves every stage a layer (126 layers, 8 stages) ...
-    assert default_layer_split(126, 8) == (15, 16, 16, 16, 16, 16, 16, 15)
-    # ... and an even split, extras in the middle, when it would leave an edge stage none (32 layers, 31 stages)
-    split = default_layer_split(32, 31)
-    assert sum(split) == 32 and min(split) == 1 and split[15] == 2
