@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from paraplan.cost.calibration import Calibration
@@ -9,19 +10,32 @@ from paraplan.errors import ParaplanError
 from paraplan.estimate import estimate
 from paraplan.frameworks import strategy_defaults
 from paraplan.profile.hardware import apply_hardware, load_hardware
-from paraplan.specs import ClusterSpec, JobSpec, Plan, Strategy
+from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.strategy import ALIASES
 from paraplan.specs.loaders import load_cluster, load_model
 from paraplan.validate.runs import read_rows
 from paraplan.validate.score import RowResult, measured_time, predict_rows, row_group
 
 
-def estimate_strategy(model: str, cluster: str | None, strategy: str, global_batch: int, seq_len: int,
-                      precision: str = "bf16", framework: str = "megatron-lm", num_gpus: int | None = None,
-                      hardware: str | Path | None = None) -> Plan:
-    """Estimate one strategy given as text ("tp=8,pp=4,dp=2,mbs=1,..."). The cluster is sized to the strategy's
-    world size unless `num_gpus` or a `NAME:GPUS` cluster says otherwise. `hardware`: a `paraplan profile` file
-    whose measurements replace the catalog's numbers (see hardware_setup); then `cluster` may be None."""
+@dataclass
+class StrategyCase:
+    """One strategy read from text, with the specs it runs on: what estimate() needs."""
+    model: ModelSpec
+    cluster: ClusterSpec
+    job: JobSpec
+    strategy: Strategy
+    assumed: list[str]                 # framework defaults filled in
+    calibration: Calibration | None    # from a hardware profile, else None (the catalog's)
+
+
+def strategy_case(model: str, cluster: str | None, strategy: str, global_batch: int, seq_len: int,
+                  precision: str = "bf16", framework: str = "megatron-lm", num_gpus: int | None = None,
+                  hardware: str | Path | None = None) -> StrategyCase:
+    """Read one strategy given as text ("tp=8,pp=4,dp=2,mbs=1,...") as `paraplan estimate` does. The cluster is
+    sized to the strategy's world size unless `num_gpus` or a `NAME:GPUS` cluster says otherwise. `hardware`: a
+    `paraplan profile` file whose measurements replace the catalog's numbers (see hardware_setup); then `cluster`
+    may be None."""
+    check_positive(global_batch=global_batch, seq_len=seq_len)
     strat, assumed = parse_strategy(strategy, framework, precision)
     model_spec = load_model(model)
     if cluster is None and hardware is None:
@@ -33,7 +47,16 @@ def estimate_strategy(model: str, cluster: str | None, strategy: str, global_bat
     if hardware is not None:
         cluster_spec, calibration = hardware_setup(hardware, framework, cluster_spec, num_gpus)
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision, framework=framework)
-    return estimate(model_spec, cluster_spec, job, strat, calibration=calibration, assumptions=assumed)
+    return StrategyCase(model_spec, cluster_spec, job, strat, assumed, calibration)
+
+
+def estimate_strategy(model: str, cluster: str | None, strategy: str, global_batch: int, seq_len: int,
+                      precision: str = "bf16", framework: str = "megatron-lm", num_gpus: int | None = None,
+                      hardware: str | Path | None = None, record_events: bool = False) -> Plan:
+    """Estimate one strategy given as text (see strategy_case)."""
+    c = strategy_case(model, cluster, strategy, global_batch, seq_len, precision, framework, num_gpus, hardware)
+    return estimate(c.model, c.cluster, c.job, c.strategy, calibration=c.calibration, assumptions=c.assumed,
+                    record_events=record_events)
 
 
 def hardware_setup(hardware: str | Path, framework: str, cluster: ClusterSpec | None = None,

@@ -4,7 +4,6 @@ paraplan.sim.trace and paraplan.report."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -14,8 +13,6 @@ from paraplan.cli import _fail, app, console
 from paraplan.errors import ParaplanError
 from paraplan.estimate import estimate
 from paraplan.export import FORMATS, export_plan, write_export
-from paraplan.specs import JobSpec
-from paraplan.specs.loaders import load_cluster, load_model
 
 # The options of `paraplan estimate` that pick one strategy; declared once, shared by the three commands.
 MODEL = typer.Option(..., help="preset name, Hugging Face config.json or YAML/JSON model file")
@@ -29,16 +26,10 @@ FRAMEWORK = typer.Option("megatron-lm", help="megatron-lm, nemo, megatron-deepsp
 
 def plan_inputs(model: str, cluster: str, strategy: str, global_batch: int, seq_len: int, precision: str,
                 framework: str, record_events: bool = False):
-    """(plan, model, cluster, job) for one strategy given as text, read as `paraplan estimate` reads it
-    (api.parse_strategy fills the framework's defaults; the cluster is sized to the strategy unless NAME:GPUS)."""
-    api.check_positive(global_batch=global_batch, seq_len=seq_len)
-    strat, assumed = api.parse_strategy(strategy, framework, precision)
-    model_spec = load_model(model)
-    num_gpus = strat.world_size if ":" not in cluster and not Path(cluster).is_file() else None
-    cluster_spec = load_cluster(cluster, num_gpus)
-    job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision, framework=framework)
-    plan = estimate(model_spec, cluster_spec, job, strat, assumptions=assumed, record_events=record_events)
-    return plan, model_spec, cluster_spec, job
+    """(plan, model, cluster, job) for one strategy given as text, read as `paraplan estimate` reads it."""
+    c = api.strategy_case(model, cluster, strategy, global_batch, seq_len, precision, framework)
+    plan = estimate(c.model, c.cluster, c.job, c.strategy, c.calibration, c.assumed, record_events=record_events)
+    return plan, c.model, c.cluster, c.job
 
 
 @app.command("export")

@@ -110,8 +110,8 @@ def profile(
 def _print_profile(hw, run: dict) -> None:
     cal = hw.overrides
     gpu = hw.gpu
-    state = "complete" if run["complete"] else (f"[yellow]budget ran out[/yellow]: rerun the same command to "
-                                                f"measure the rest")
+    state = "complete" if run["complete"] else ("[yellow]budget ran out[/yellow]: rerun the same command to "
+                                                "measure the rest")
     console.print(f"[bold]{run['path']}[/bold]: {gpu.name} ({hw.device.get('name')}, {hw.device.get('dtype')}), "
                   f"{run['measured']} points measured, {run['reused']} resumed, of {run['points']}; {state}")
     table = Table("quantity", "value")
