@@ -7,12 +7,16 @@ over each baseline (`throughput_ratio`):
   homogeneous_subset  the exact homogeneous search (paraplan plan) on the best single node group;
   uniform_split       one Megatron grid over every group, even layers and batch shares (the usual practice);
   metis_like          stages ordered by device type, layers split by peak compute, no ZeRO/recompute, DP/PP/TP.
+The planner's best is the faster of its two families: one pipeline over the groups, or two data-parallel replicas
+on disjoint groups with uneven batch shares (hetero/replicas.py); `replicas` says whether the replica family wins
+(`wins`), its throughput over the best single pipeline (`vs_pipeline`), its plan and its search time.
 All numbers are the cost model's predictions, not measurements.
 
     python benchmarks/hetero.py [--quick] [--workers N]
 
 Ends with `RESULT {json}`: {"scenarios": [{name, gpus, search_s, serial_search_s, parallel_speedup,
-throughput_ratio: {homogeneous_subset, uniform_split, metis_like}, tokens_per_s, plan, baselines}]}.
+throughput_ratio: {homogeneous_subset, uniform_split, metis_like}, tokens_per_s, plan, baselines,
+replicas: {wins, vs_pipeline, tokens_per_s, batch_shares, plan, search_s}}]}.
 """
 from __future__ import annotations
 
@@ -54,13 +58,24 @@ def run(scenario: dict, workers: int) -> dict:
            "baselines": {k: {"tokens_per_s": round(b.tokens_per_s) if b.tokens_per_s else None,
                              "plan": b.description} for k, b in result.baselines.items()},
            "simulated": result.search.stats.simulated, "structures": result.search.stats.structures}
+    rep = result.replicas.best if result.replicas else None
+    pipe = best.tokens_per_s if best else None
+    row["replicas"] = {"wins": result.recommended == "replicas",
+                       "vs_pipeline": round(rep.tokens_per_s / pipe, 4) if rep and pipe else None,
+                       "tokens_per_s": round(rep.tokens_per_s) if rep else None,
+                       "batch_shares": list(rep.plan.shares) if rep else None,
+                       "plan": rep.plan.summary() if rep else None,
+                       "search_s": round(result.replicas.seconds, 2) if result.replicas else None}
     print(f"\n== {row['name']}: {model.name} on {cluster.num_gpus} GPUs "
           f"({', '.join(f'{g.num_gpus} x {g.gpu.name}' for g in cluster.node_groups)})")
-    print(f"  plan        {row['plan']}")
+    print(f"  pipeline    {row['plan']}")
     print(f"  throughput  {row['tokens_per_s']:,} tokens/s ({row['recommended']})")
     for k, b in row["baselines"].items():
         ratio = row["throughput_ratio"][k]
         print(f"  vs {k:<19} {ratio if ratio else '-':>7}  ({b['tokens_per_s'] or '-'} tokens/s: {b['plan']})")
+    r = row["replicas"]
+    print(f"  replicas    {r['tokens_per_s'] or '-'} tokens/s, x{r['vs_pipeline'] or '-'} vs one pipeline, "
+          f"{'wins' if r['wins'] else 'does not win'}; shares {r['batch_shares']}: {r['plan']}")
     print(f"  search      {search_s:.2f} s on {row['workers']} processes, {serial_s:.2f} s on one "
           f"(x{row['parallel_speedup']}); {row['simulated']} plans simulated of {row['structures']} structures")
     return row

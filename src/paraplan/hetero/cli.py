@@ -74,6 +74,20 @@ def hetero_plan(
         console.print(table)
         console.print(f"iteration {best.iteration_time_s:.3f} s, {best.tokens_per_s:,.0f} tokens/s on "
                       f"{best.plan.num_gpus} GPUs ({best.model_tflops_per_gpu:.1f} TFLOP/s per GPU)")
+    rep = result.replicas.best if result.replicas else None
+    if rep is not None:
+        head = "[bold]" if result.recommended == "replicas" else ""
+        console.print(f"{head}data-parallel replicas with uneven batch shares: {rep.tokens_per_s:,.0f} tokens/s, "
+                      f"iteration {rep.iteration_time_s:.3f} s (cross-replica reduction {rep.cross_reduce_s:.3f} s)"
+                      f"{'[/bold]' if head else ''}")
+        rt = Table("replica", "GPUs", "batch share", "micro-batches", "replica s", "plan")
+        for r, (p, e) in enumerate(zip(rep.plan.replicas, rep.replicas)):
+            rt.add_row(str(r), f"{p.num_gpus} x {e.stages[0].gpu}" if len({s.gpu for s in e.stages}) == 1
+                       else str(p.num_gpus), str(rep.plan.shares[r]), str(rep.plan.microbatches[r]),
+                       f"{e.iteration_time_s:.3f}", p.summary())
+        console.print(rt)
+    elif result.replicas is not None:
+        console.print("[dim]data-parallel replicas: no two-replica plan fits[/dim]")
     if result.baselines:
         bt = Table("baseline", "tokens/s", "planner's best / baseline", "plan")
         ratios = result.ratios()

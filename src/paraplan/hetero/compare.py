@@ -5,8 +5,10 @@
   everywhere), layers split evenly, batch split evenly; ZeRO and recompute free.
 - metis_like: stages ordered by device type (fastest first), layers in proportion to each stage's peak compute,
   no ZeRO and no recompute, tp/dp per stage, every group used (after Metis, USENIX ATC'24).
-The heterogeneous search covers both of the last two spaces, so it is never slower than either; the recommended
-plan is the faster of the heterogeneous plan and the homogeneous-subset plan.
+The heterogeneous search covers both of the last two spaces, so it is never slower than either. A second plan
+family is searched beside it (replicas.py): two data-parallel replicas, whole pipelines on disjoint node groups,
+with uneven batch shares. The recommended plan is the fastest of the heterogeneous pipeline, the replica plan and
+the homogeneous-subset plan.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from paraplan.hetero.estimate import HeteroContext
+from paraplan.hetero.replicas import ReplicaSearchResult, search_replicas
 from paraplan.hetero.search import HeteroSearchResult, search_hetero
 from paraplan.hetero.space import SpaceOptions
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec
@@ -37,15 +40,17 @@ class Baseline:
 class HeteroPlanResult:
     search: HeteroSearchResult
     baselines: dict[str, Baseline]
-    recommended: str                  # "heterogeneous", "homogeneous_subset" or "none" (nothing fits)
+    recommended: str                  # "heterogeneous", "replicas", "homogeneous_subset" or "none" (nothing fits)
     serial_search_s: float | None = None
     extra: dict = field(default_factory=dict)
+    replicas: ReplicaSearchResult | None = None
 
     @property
     def best_tokens_per_s(self) -> float | None:
         h = self.search.best.tokens_per_s if self.search.best else None
-        sub = self.baselines["homogeneous_subset"].tokens_per_s
-        return max((x for x in (h, sub) if x), default=None)
+        rep = self.replicas.best.tokens_per_s if self.replicas and self.replicas.best else None
+        sub = self.baselines["homogeneous_subset"].tokens_per_s if "homogeneous_subset" in self.baselines else None
+        return max((x for x in (h, rep, sub) if x), default=None)
 
     def ratios(self) -> dict[str, float | None]:
         """Throughput of the heterogeneous planner's best plan over each baseline's."""
@@ -58,6 +63,7 @@ class HeteroPlanResult:
                 "heterogeneous": best.to_dict() if best else None,
                 "others": [p.to_dict() for p in self.search.plans[1:]],
                 "baselines": {k: b.to_dict() for k, b in self.baselines.items()},
+                "replicas": self.replicas.to_dict() if self.replicas else None,
                 "throughput_ratio": self.ratios(), "search": self.search.stats.to_dict(),
                 "serial_search_s": self.serial_search_s}
 
@@ -89,9 +95,10 @@ def _from_search(name: str, r: HeteroSearchResult) -> Baseline:
 
 def plan_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options: SpaceOptions | None = None,
                 top_k: int = 3, executor: str = "process", workers: int | None = None,
-                baselines: bool = True, serial_timing: bool = False, exhaustive: bool = False) -> HeteroPlanResult:
-    """Search the heterogeneous plans and run the baselines. `serial_timing`: also time the search on one
-    process (the parallel speed-up is search_s vs serial_search_s)."""
+                baselines: bool = True, serial_timing: bool = False, exhaustive: bool = False,
+                replicas: bool = True) -> HeteroPlanResult:
+    """Search the heterogeneous plans (and, with `replicas`, the two-replica plans) and run the baselines.
+    `serial_timing`: also time the search on one process (the parallel speed-up is search_s vs serial_search_s)."""
     ctx = HeteroContext(model, cluster, job)
     result = search_hetero(model, cluster, job, options, top_k, exhaustive, executor, workers, ctx=ctx)
     serial_s = None
@@ -104,8 +111,15 @@ def plan_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options: S
                                                                              executor="serial", ctx=ctx))
         found["metis_like"] = _from_search("metis_like", search_hetero(model, cluster, job, METIS_LIKE, 1,
                                                                        executor="serial", ctx=ctx))
+    rep = None
+    if replicas and len(cluster.node_groups) > 1:
+        rep = search_replicas(model, cluster, job, options, 1, exhaustive=exhaustive, executor=executor,
+                              workers=workers, ctx=ctx)
     sub = found.get("homogeneous_subset")
-    hetero = result.best.tokens_per_s if result.best else None
-    recommended = ("homogeneous_subset" if sub and sub.tokens_per_s and (not hetero or sub.tokens_per_s > hetero)
-                   else "heterogeneous" if hetero else "none")
-    return HeteroPlanResult(result, found, recommended, serial_s)
+    # the fastest family wins; ties go to the one pipeline, then the homogeneous subset
+    offers = [("heterogeneous", result.best.tokens_per_s if result.best else None),
+              ("homogeneous_subset", sub.tokens_per_s if sub else None),
+              ("replicas", rep.best.tokens_per_s if rep and rep.best else None)]
+    offers = [(name, t) for name, t in offers if t]
+    recommended = max(offers, key=lambda o: o[1])[0] if offers else "none"
+    return HeteroPlanResult(result, found, recommended, serial_s, replicas=rep)
