@@ -143,7 +143,7 @@ def hop_times(ctx: HeteroContext, plan: HeteroPlan, views: list[StageView]) -> l
     out = []
     for i in range(plan.pp - 1):
         a, b = plan.stages[i], plan.stages[i + 1]
-        ga, gb = cluster.node_groups[a.group], cluster.node_groups[b.group]
+        ga = cluster.node_groups[a.group]
         sp = [v.strategy.tp if v.strategy.sequence_parallel else 1 for v in views[i:i + 2]]
         nbytes = plan.microbatch_sequences * job.seq_len * model.hidden * 2 / (min(a.dp, b.dp) * min(sp))
         cal = ctx.cals[a.group]
