@@ -69,3 +69,24 @@ def test_more_bandwidth_is_never_slower(op, nbytes, n, factor):
     slow = collective_time(op, nbytes, group, NVLINK, IB, Calibration())
     fast = collective_time(op, nbytes, group, LinkSpec("nv", 300 * factor, 3), LinkSpec("ib", 25 * factor, 8), Calibration())
     assert fast <= slow
+
+
+def test_leaf_spine_oversubscription_slows_cross_leaf_all_to_all_not_rings():
+    # hand derivation (LinkSpec.spine_factor): 32 nodes, 16 per leaf, 4:1 uplinks. A ring keeps
+    # min(1, 16/4) = 1 of the NIC bandwidth; an all-to-all sends (32-16)/32 of its traffic up at 1/4 of it,
+    # so it keeps 1 / max(1, 4 * 0.5) = 1/2. Inside one leaf (16 nodes) nothing changes.
+    from paraplan.specs.loaders import load_cluster
+    flat = load_cluster("dgx-h100", 256).primary.inter_node
+    tiered = load_cluster("examples/cluster_leaf_spine.yaml", 256).primary.inter_node
+    assert tiered.spine_factor("all_reduce", 32) == 1.0
+    assert tiered.spine_factor("all_to_all", 32) == pytest.approx(0.5)
+    assert tiered.spine_factor("all_to_all", 16) == 1.0
+    assert flat.spine_factor("all_to_all", 32) == 1.0
+    cal = Calibration()
+    group = place(256, 1, 8)                     # 256 ranks on 32 nodes
+    intra = load_cluster("dgx-h100", 256).primary.intra_node
+    slow = collective_time("all_to_all", 1e9, group, intra, tiered, cal)
+    fast = collective_time("all_to_all", 1e9, group, intra, flat, cal)
+    assert slow > fast
+    assert collective_time("all_reduce", 1e9, group, intra, tiered, cal) == \
+        collective_time("all_reduce", 1e9, group, intra, flat, cal)

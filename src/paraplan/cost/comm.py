@@ -77,7 +77,7 @@ def collective_time(op: str, nbytes: float, group: Group, intra: LinkSpec, inter
     if op == "all_reduce" and intra.nvls and group.ranks_per_node > 4:
         intra_bw *= cal.nvls_speedup                         # NVLS is used from 5 GPUs per node up (ml-engineering)
     if group.crosses_nodes:
-        nic_bw = inter.bandwidth_gbps * 1e9 * cal.inter_node_efficiency
+        nic_bw = inter.bandwidth_gbps * 1e9 * cal.inter_node_efficiency * inter.spine_factor(op, group.nodes)
         g = group.ranks_per_node
         if op == "all_to_all":
             inter_bus = nic_bw * (n - 1) / max(n - g, 1)

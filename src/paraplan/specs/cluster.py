@@ -38,10 +38,30 @@ class LinkSpec:
     bandwidth_gbps: float             # GB/s per GPU, one direction (NVLink A100: 300; IB NDR400: 50)
     latency_us: float
     nvls: bool = False                # NVLink SHARP in-switch reduction available (H100/H200/B200 NVSwitch)
+    # two-tier fabric (inter-node links): nodes under one leaf switch, and the leaf's downlink:uplink ratio
+    nodes_per_leaf: int | None = None
+    oversubscription: float = 1.0
 
     def __post_init__(self):
         if self.bandwidth_gbps <= 0:
             raise ParaplanError(f"link {self.name!r}: bandwidth_gbps must be > 0, got {self.bandwidth_gbps}")
+        if self.nodes_per_leaf is not None and self.nodes_per_leaf < 1:
+            raise ParaplanError(f"link {self.name!r}: nodes_per_leaf must be >= 1, got {self.nodes_per_leaf}")
+        if self.oversubscription < 1:
+            raise ParaplanError(f"link {self.name!r}: oversubscription (downlink:uplink) must be >= 1, got "
+                                f"{self.oversubscription}")
+
+    def spine_factor(self, op: str, nodes: int) -> float:
+        """Share of the NIC bandwidth a collective over `nodes` nodes keeps on this fabric. A ring runs one channel
+        per NIC and crosses each leaf boundary once per channel, so the k nodes of a leaf in the group send g
+        channels up through k*g/oversubscription uplinks: the rate drops only when oversubscription > k. An
+        all-to-all sends (nodes - k)/nodes of each node's traffic up through 1/oversubscription of its NIC bandwidth."""
+        if self.nodes_per_leaf is None or nodes <= self.nodes_per_leaf or self.oversubscription == 1:
+            return 1.0
+        k = self.nodes_per_leaf
+        if op == "all_to_all":
+            return 1.0 / max(1.0, self.oversubscription * (nodes - k) / nodes)
+        return min(1.0, k / self.oversubscription)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ Cluster file format (YAML or JSON); bandwidths are GB/s per GPU per direction (b
         gpus_per_node: 8
         intra_node: {name: pcie4, bandwidth_gbps: 25, latency_us: 5}
         inter_node: {name: roce-100, bandwidth_gbps: 12.5, latency_us: 10}
-See examples/cluster_example.yaml.
+  An inter_node link may describe a two-tier (leaf/spine) fabric: `nodes_per_leaf: 16, oversubscription: 2`
+  (downlink:uplink at each leaf); collectives spanning more than one leaf lose bandwidth (LinkSpec.spine_factor).
+See examples/cluster_example.yaml and examples/cluster_leaf_spine.yaml.
 """
 from __future__ import annotations
 
@@ -296,7 +298,7 @@ def load_model(spec: str) -> ModelSpec:
 
 
 # ---- clusters --------------------------------------------------------------------------------------------------
-_LINK_FIELDS = {"name", "bandwidth_gbps", "bandwidth_gbit", "latency_us", "nvls"}
+_LINK_FIELDS = {"name", "bandwidth_gbps", "bandwidth_gbit", "latency_us", "nvls", "nodes_per_leaf", "oversubscription"}
 _NODE_FIELDS = {"name", "base", "preset", "gpu", "gpus_per_node", "nodes", "num_nodes", "num_gpus", "default_nodes",
                 "intra_node", "inter_node", "source", "node_groups", "group_links"}
 _DEFAULT_LATENCY = {"intra_node": 3.0, "inter_node": 8.0}
@@ -338,7 +340,10 @@ def _link_from_dict(d: Any, level: str, where: str) -> LinkSpec:
     return LinkSpec(name=_str(d.get("name", level), f"{level}.name", where), bandwidth_gbps=bw,
                     latency_us=_float(d.get("latency_us", _DEFAULT_LATENCY[level]), f"{level}.latency_us", where,
                                       positive=False),
-                    nvls=_bool(d.get("nvls", False), f"{level}.nvls", where))
+                    nvls=_bool(d.get("nvls", False), f"{level}.nvls", where),
+                    nodes_per_leaf=_int(d["nodes_per_leaf"], f"{level}.nodes_per_leaf", where)
+                    if "nodes_per_leaf" in d else None,
+                    oversubscription=_float(d.get("oversubscription", 1.0), f"{level}.oversubscription", where))
 
 
 def _with_base(data: dict, where: str) -> dict:
