@@ -25,6 +25,7 @@ from paraplan.estimate import layer_passes
 from paraplan.frameworks import conventions_for, strategy_defaults
 from paraplan.search.space import FRAMEWORK_FLAGS, StrategyColumns
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Strategy
+from paraplan.specs.strategy import RECOMPUTE_MODES
 
 
 def _groups(*columns: np.ndarray):
@@ -42,7 +43,7 @@ def _strategy(job: JobSpec, **fields) -> Strategy:
     return Strategy(**fields, **{k: defaults[k] for k in FRAMEWORK_FLAGS})
 
 
-_RECOMPUTE_MODES = ("none", "selective", "full")
+_RECOMPUTE_MODES = RECOMPUTE_MODES
 _RECOMPUTE_CODE = {mode: i for i, mode in enumerate(_RECOMPUTE_MODES)}
 
 
