@@ -22,8 +22,8 @@ import numpy as np
 from paraplan.cost import compute, memory
 from paraplan.cost.calibration import Calibration
 from paraplan.estimate import layer_passes
-from paraplan.frameworks import conventions_for, strategy_defaults
-from paraplan.search.space import FRAMEWORK_FLAGS, StrategyColumns
+from paraplan.frameworks import conventions_for
+from paraplan.search.space import StrategyColumns, candidate_strategy
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Strategy
 from paraplan.specs.strategy import RECOMPUTE_MODES
 
@@ -39,8 +39,7 @@ def _groups(*columns: np.ndarray):
 
 
 def _strategy(job: JobSpec, **fields) -> Strategy:
-    defaults = strategy_defaults(job.framework, fields.get("tp", 1), job.precision, fields.get("sequence_parallel"))
-    return Strategy(**fields, **{k: defaults[k] for k in FRAMEWORK_FLAGS})
+    return candidate_strategy(job.framework, job.precision, **fields)
 
 
 _RECOMPUTE_MODES = RECOMPUTE_MODES

@@ -41,6 +41,20 @@ def _evaluate_batch(strategies, threshold: float = float("inf"), skip_unfit: boo
     return [evaluate(s, threshold, skip_unfit) for s in strategies]
 
 
+def _deal(items: list, workers: int) -> list[list]:
+    """Round-robin shares, so that neighbours in bound order (similar cost) spread over the workers."""
+    return [items[w::workers] for w in range(workers)]
+
+
+def _gather(parts, n: int) -> list:
+    """The inverse of _deal: results back in the batch's order."""
+    parts = list(parts)
+    out = [None] * n
+    for w, part in enumerate(parts):
+        out[w::len(parts)] = part
+    return out
+
+
 class SerialExecutor:
     name, workers = "serial", 1
 
@@ -69,12 +83,9 @@ class ProcessExecutor:
             return _evaluate_batch(strategies, threshold, skip_unfit)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, initializer=_init, initargs=self._args)
-        chunks = [strategies[i::self.workers] for i in range(self.workers)]
-        parts = list(self._pool.map(_evaluate_batch, chunks, [threshold] * self.workers, [skip_unfit] * self.workers))
-        out = [None] * len(strategies)
-        for w, part in enumerate(parts):
-            out[w::self.workers] = part
-        return out
+        chunks = _deal(strategies, self.workers)
+        return _gather(self._pool.map(_evaluate_batch, chunks, [threshold] * self.workers,
+                                      [skip_unfit] * self.workers), len(strategies))
 
     def close(self):
         if self._pool is not None:
@@ -109,12 +120,9 @@ class RayExecutor:
     def map(self, strategies, threshold=float("inf"), skip_unfit=True):
         if len(strategies) < 2 * self.workers:
             return _evaluate_batch(strategies, threshold, skip_unfit)
-        chunks = [strategies[i::self.workers] for i in range(self.workers)]
-        parts = self._ray.get([self._batch.remote(self._ctx, c, threshold, skip_unfit) for c in chunks])
-        out = [None] * len(strategies)
-        for w, part in enumerate(parts):
-            out[w::self.workers] = part
-        return out
+        chunks = _deal(strategies, self.workers)
+        return _gather(self._ray.get([self._batch.remote(self._ctx, c, threshold, skip_unfit) for c in chunks]),
+                       len(strategies))
 
     def close(self):
         pass

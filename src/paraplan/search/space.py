@@ -111,11 +111,16 @@ class StrategyColumns:
         return StrategyColumns({k: v[index] for k, v in self.columns.items()})
 
     def strategy(self, i: int, framework: str, precision: str) -> Strategy:
-        """Candidate i as a Strategy; the flags the search does not vary take the framework's defaults."""
+        """Candidate i as a Strategy."""
         values = {k: (bool(v[i]) if k == "sequence_parallel" else str(v[i]) if k == "recompute" else int(v[i]))
                   for k, v in self.columns.items()}
-        defaults = strategy_defaults(framework, values["tp"], precision, values["sequence_parallel"])
-        return Strategy(**values, **{k: defaults[k] for k in FRAMEWORK_FLAGS})
+        return candidate_strategy(framework, precision, **values)
+
+
+def candidate_strategy(framework: str, precision: str, **fields) -> Strategy:
+    """A Strategy of the searched knobs `fields`; the flags the search does not vary take the framework's defaults."""
+    defaults = strategy_defaults(framework, fields.get("tp", 1), precision, fields.get("sequence_parallel"))
+    return Strategy(**fields, **{k: defaults[k] for k in FRAMEWORK_FLAGS})
 
 
 @dataclass
