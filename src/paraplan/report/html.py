@@ -208,9 +208,14 @@ def render_report(plans, stats: dict | None = None, title: str = "", context: di
 
 
 def write_report(plans, path: str | Path, stats: dict | None = None, title: str = "", context: dict | None = None) -> Path:
+    return write_html(render_report(plans, stats, title, context), path)
+
+
+def write_html(html: str, path: str | Path) -> Path:
+    """Write a rendered report; a path that cannot be written is one ParaplanError line."""
     path = Path(path)
     try:
-        path.write_text(render_report(plans, stats, title, context), encoding="utf-8")
+        path.write_text(html, encoding="utf-8")
     except OSError as e:
         raise ParaplanError(f"cannot write report '{path}': {e.strerror or e}") from None
     return path

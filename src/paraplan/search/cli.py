@@ -84,12 +84,9 @@ def _write_outputs(result, export_format, folder, report_path) -> list[str]:
         paths = write_export(exported, folder)
         lines.append(f"exported for {export_format}: {', '.join(map(str, paths))}; launch: {exported.launch}")
     if report_path:
-        from pathlib import Path
+        from paraplan.report.html import write_html
         from paraplan.report.search import search_report
-        try:
-            Path(report_path).write_text(search_report(result, calibration=result.calibration), encoding="utf-8")
-        except OSError as e:
-            raise ParaplanError(f"cannot write report '{report_path}': {e.strerror or e}") from None
+        write_html(search_report(result, calibration=result.calibration), report_path)
         lines.append(f"report: {report_path}")
     return lines
 
