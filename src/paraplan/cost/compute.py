@@ -262,13 +262,6 @@ def layer_compute(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSp
     return layer_times(model, job, strategy, gpu, cal, moe_layer).compute
 
 
-def recompute_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
-                   moe_layer: bool = False) -> tuple[float, float]:
-    """(GPU, host) seconds of the extra forward work in backward under the strategy's recompute mode."""
-    lt = layer_times(model, job, strategy, gpu, cal, moe_layer)
-    return lt.recompute_gpu_s[strategy.recompute], lt.recompute_host_s[strategy.recompute]
-
-
 def embedding_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration) -> tuple[float, float]:
     """(forward, backward) of the input embedding lookup on the first stage: a gather and a scatter-add."""
     tokens = strategy.micro_batch * job.seq_len // strategy.cp

@@ -42,8 +42,7 @@ def _strategy(job: JobSpec, **fields) -> Strategy:
     return candidate_strategy(job.framework, job.precision, **fields)
 
 
-_RECOMPUTE_MODES = RECOMPUTE_MODES
-_RECOMPUTE_CODE = {mode: i for i, mode in enumerate(_RECOMPUTE_MODES)}
+_RECOMPUTE_CODE = {mode: i for i, mode in enumerate(RECOMPUTE_MODES)}
 
 
 def _first_layers(model: ModelSpec) -> dict[bool, int]:
@@ -84,7 +83,7 @@ class Bounds:
         keys, inv = _groups(cand.tp, cand.cp, cand.micro_batch, sp, rc, cand.ep, etp)
         key_strategies = [
             _strategy(job, tp=int(tp), cp=int(cp), micro_batch=int(mb), sequence_parallel=bool(spk), ep=int(ep),
-                      recompute=_RECOMPUTE_MODES[int(rck)], dp=int(ep) if int(etpk) == int(tp) else 1)  # dp: expert TP
+                      recompute=RECOMPUTE_MODES[int(rck)], dp=int(ep) if int(etpk) == int(tp) else 1)  # dp: expert TP
             for tp, cp, mb, spk, rck, ep, etpk in keys]
         act = np.array([(memory.activation_bytes_per_layer(model, job, s),
                          memory.activation_bytes_per_layer(model, job, s, moe_layer=True) if model.moe else 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,7 +56,6 @@ class SearchResult:
     plans: list[Plan]                  # best first
     stats: SearchStats
     nothing_fits: str | None = None    # why no plan fits, with what would make one fit
-    candidate_ids: list[int] = field(default_factory=list)
     calibration: Calibration | None = None   # the constants the plans were costed with
 
     @property
@@ -146,7 +145,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, allowed: dict[s
     stats = SearchStats(space.size, n, {k: v for k, v in pruned.items() if v}, simulated,
                         time.perf_counter() - start, pool.name, pool.workers, exhaustive)
     result = SearchResult(model, cluster, job, [plans[e[2]] for e in ranked], stats,
-                          candidate_ids=[e[2] for e in ranked], calibration=cal)
+                          calibration=cal)
     if not ranked:
         result.nothing_fits = _nothing_fits(model, cluster, job, cand, bounds, allowed or {})
     return result
