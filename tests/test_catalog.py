@@ -55,6 +55,10 @@ PUBLISHED = [
     ("gpt-529.6b", 529.6e9, None, 0.02, "Narayanan et al. 2021 Table 1"),
     ("gpt-1t", 1008e9, None, 0.02, "Narayanan et al. 2021 Table 1: 1008B"),
     ("gpt-22b", 22e9, None, 0.02, "Korthikanti et al. 2022 Table 3: 22B"),
+    ("qwen3-30b-a3b", 30.5e9, 3.3e9, 0.02, "Qwen3 release blog / model card: 30.5B total, 3.3B activated"),
+    ("qwen3-235b-a22b", 235e9, 22e9, 0.02, "Qwen3 release blog / model card: 235B total, 22B activated"),
+    # the card's 5.1B active leaves out the unembedding (0.58B), which active_params counts
+    ("gpt-oss-120b", 116.8e9, None, 0.02, "OpenAI gpt-oss model card: 116.8B total parameters"),
 ]
 
 
@@ -165,7 +169,8 @@ def test_every_cluster_preset_loads(name):
     c = load_cluster(name)
     assert c.name == name and c.source and c.is_homogeneous
     g = c.primary
-    assert g.gpus_per_node == 8 and c.num_gpus == 8 * g.num_nodes
+    # an NVL72 rack is one 72-GPU NVLink domain, the cost model's node
+    assert g.gpus_per_node == (72 if name.endswith("nvl72") else 8) and c.num_gpus == g.gpus_per_node * g.num_nodes
     assert g.intra_node.bandwidth_gbps > g.inter_node.bandwidth_gbps > 0
     assert 0 < g.intra_node.latency_us < g.inter_node.latency_us
     assert not g.inter_node.nvls

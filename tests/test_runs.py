@@ -59,7 +59,7 @@ def test_missing_columns_are_reported(tmp_path):
 
 
 def test_every_shipped_row_is_read():
-    for name in ("vtrain_a100.csv", "published_runs.csv"):
+    for name in ("vtrain_a100.csv", "published_runs.csv", "holdout_mbridge_2511.csv"):
         with (DATA / name).open() as fh:
             n = sum(1 for _ in csv.DictReader(fh))
         assert len(read_rows(DATA / name)) == n
@@ -69,3 +69,25 @@ def test_row_group_strips_the_row_number():
     assert row_group("vtrain-single-0042") == "vtrain-single"
     assert row_group("narayanan21_t1_03") == "narayanan21"
     assert row_group("dgxc_llama31_8b_bf16_8") == "dgxc"
+
+
+def test_head_dim_comes_from_a_preset_whose_shape_agrees():
+    # Qwen3-30B-A3B: 32 heads of 128 on a 2048-wide model (HF config.json); the format has no head_dim column
+    qwen = dict(model="Qwen3_30B_a3B (MoE)", layers="48", hidden="2048", heads="32", kv_heads="4", ffn="",
+                vocab="151936", num_experts="128", top_k="8", expert_ffn="768", tp="1", dp="8")
+    case = case_from_row(base_row(**qwen))
+    assert case.model.head_dim == 128 and case.model.q_dim == 4096
+    assert "head_dim=128 (preset qwen3-30b-a3b)" in case.assumptions
+    # a column wins; a shape that disagrees with the preset keeps hidden/heads
+    assert case_from_row(base_row(**qwen, head_dim="64")).model.head_dim == 64
+    assert case_from_row(base_row(**{**qwen, "hidden": "4096"})).model.head_dim == 4096 // 32
+    # Llama-3-8B's preset head_dim equals hidden/heads: nothing to say
+    assert not any("head_dim" in a for a in case_from_row(base_row()).assumptions)
+
+
+def test_a_job_on_part_of_each_node_fills_nodes_evenly():
+    # 256 GPUs on GB200 NVL72 racks (72 GPUs per NVLink domain): 4 racks of 64, the largest divisor of 256 <= 72
+    case = case_from_row(base_row(gpu="GB200", num_gpus="256", gpus_per_node="72", tp="4", pp="4", dp="16",
+                                  global_batch="256", intra_node_GBps="900"))
+    assert case.cluster.gpus_per_node == 64 and case.cluster.node_groups[0].num_nodes == 4
+    assert "64 GPUs used per node of 72 (256 GPUs)" in case.assumptions

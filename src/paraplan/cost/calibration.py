@@ -71,6 +71,9 @@ def calibration_for(gpu_name: str, framework: str, overrides: dict | None = None
     entry = dict(gpus.get(gpu_name, {}))
     if "inherit" in entry:          # a GPU measured too rarely to fit alone borrows its sibling's constants
         values.update(gpus.get(entry.pop("inherit"), {}))
+    scale = entry.pop("scale", {})  # ... times a measured hardware ratio (e.g. MAMF GEMM ceilings, B200 vs H100)
+    defaults = Calibration()
+    values.update({k: values.get(k, getattr(defaults, k, 1.0)) * factor for k, factor in scale.items()})
     values.update(entry)
     values.update(catalog.get("frameworks", {}).get("default", {}))
     values.update(catalog.get("frameworks", {}).get(framework, {}))

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,13 @@ def _model_preset_entry(name: str) -> dict:
 def list_models() -> list[str]:
     """Preset model names (aliases not included)."""
     return list(_model_catalog()[0])
+
+
+def preset_named(name: str) -> ModelSpec | None:
+    """The preset a free-form model name refers to ('Qwen3_30B_a3B (MoE)' -> qwen3-30b-a3b), or None. A
+    measured-runs row names its model only for information; this lets the validator fill what its columns lack."""
+    entry = _model_catalog()[1].get(_key(re.sub(r"\(.*?\)", "", name or "").strip()))
+    return _load_preset(entry["name"]) if entry else None
 
 
 @functools.cache

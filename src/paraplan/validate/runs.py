@@ -11,7 +11,7 @@ from paraplan.errors import ParaplanError
 from paraplan.frameworks import strategy_defaults
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, MoESpec, Strategy
 from paraplan.specs.job import FRAMEWORKS
-from paraplan.specs.loaders import cluster_from_links
+from paraplan.specs.loaders import cluster_from_links, preset_named
 
 REQUIRED = ("id", "layers", "hidden", "heads", "ffn", "vocab", "seq_len", "global_batch", "tp", "pp", "dp", "gpu",
             "num_gpus")
@@ -108,8 +108,17 @@ def case_from_row(row: dict) -> RunCase:
         assumed.append("all layers MoE (ffn empty)")
     else:
         ffn = _int(row, "ffn")
-    model = ModelSpec(name=row.get("model") or rid, layers=_int(row, "layers"), hidden=_int(row, "hidden"),
-                      heads=_int(row, "heads"), kv_heads=_int(row, "kv_heads", _int(row, "heads")),
+    hidden, heads = _int(row, "hidden"), _int(row, "heads")
+    head_dim = _int(row, "head_dim") if (row.get("head_dim") or "").strip() else None
+    if head_dim is None:
+        # the format has no head_dim column: a model whose heads are wider or narrower than hidden/heads (Qwen3,
+        # gpt-oss) is recognised by its name when the preset's shape agrees with the row's
+        preset = preset_named(row.get("model") or "")
+        if preset and (preset.hidden, preset.heads) == (hidden, heads) and preset.head_dim != hidden // heads:
+            head_dim = preset.head_dim
+            assumed.append(f"head_dim={head_dim} (preset {preset.name})")
+    model = ModelSpec(name=row.get("model") or rid, layers=_int(row, "layers"), hidden=hidden,
+                      heads=heads, kv_heads=_int(row, "kv_heads", heads), head_dim=head_dim,
                       ffn=ffn, vocab=_int(row, "vocab"), gated_mlp=gated, moe=moe,
                       norm="rmsnorm" if gated else "layernorm", linear_bias=not gated,
                       max_position=_int(row, "seq_len"))
@@ -156,7 +165,12 @@ def case_from_row(row: dict) -> RunCase:
     gpu = (row.get("gpu") or "").strip()
     if not gpu:
         raise ParaplanError(f"row {rid!r}: column gpu is empty; a GPU name is required (see `paraplan presets`)")
-    cluster = cluster_from_links(gpu, num_gpus, _int(row, "gpus_per_node", 8),
-                                 _float(row, "intra_node_GBps"), _float(row, "inter_node_Gbps"))
+    per_node = _int(row, "gpus_per_node", 8)
+    if num_gpus > per_node and num_gpus % per_node:
+        # a job on part of each node (256 GPUs on 72-GPU NVL72 racks runs 64 per rack): the most per node that
+        # fills whole nodes evenly
+        per_node = max(d for d in range(1, per_node + 1) if num_gpus % d == 0)
+        assumed.append(f"{per_node} GPUs used per node of {_int(row, 'gpus_per_node')} ({num_gpus} GPUs)")
+    cluster = cluster_from_links(gpu, num_gpus, per_node, _float(row, "intra_node_GBps"), _float(row, "inter_node_Gbps"))
     return RunCase(id=rid, source=row.get("source", ""), model=model, cluster=cluster, job=job, strategy=strategy,
                    measured_iter_time_s=_float(row, "measured_iter_time_s"), assumptions=assumed)
