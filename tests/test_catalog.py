@@ -140,11 +140,13 @@ def test_gpu_datasheet_values():
     h100 = load_gpu("H100")
     assert h100.name == "H100-SXM5-80GB"
     assert h100.peak("bf16") == pytest.approx(989.4) and h100.peak("fp8") == pytest.approx(1978.9)
-    assert h100.hbm_gib == pytest.approx(80e9 / 2**30) and h100.hbm_gbps == 3350
+    # capacity as nvidia-smi reports it (memory.total 81559 MiB), not the marketed 80 GB read as 10^9 bytes
+    assert h100.hbm_gib == pytest.approx(81559 / 1024) and h100.hbm_gbps == 3350
     assert load_gpu("A100").peak("bf16") == 312 and load_gpu("a100-sxm4-40gb").hbm_gbps == 1555
     b200 = load_gpu("B200")
     assert b200.name == "B200-SXM-180GB" and b200.peak("bf16") == 2250 and b200.peak("fp8") == 4500
-    assert b200.hbm_gbps == 8000 and b200.hbm_gib == pytest.approx(180e9 / 2**30)
+    assert b200.hbm_gbps == 8000 and b200.hbm_gib == pytest.approx(183359 / 1024)
+    assert load_gpu("GB200").hbm_gib == pytest.approx(186e9 / 2**30)    # no driver figure: marketed GB
     assert load_gpu("mi300x").peak("bf16") == pytest.approx(1307.4) and load_gpu("MI300X").vendor == "amd"
     rtx = load_gpu("rtx-4090")
     assert rtx.peak("bf16") == pytest.approx(165.2) and rtx.sm_count == 128 and rtx.hbm_gbps == 1008

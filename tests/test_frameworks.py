@@ -1,4 +1,5 @@
 """Framework conventions: defaults for what a run leaves unsaid."""
+from paraplan.cost.memory import state_bytes_per_param
 from paraplan.frameworks import grad_reduce_bytes_per_param, strategy_defaults, uses_flash_attention
 from paraplan.specs import JobSpec
 
@@ -33,3 +34,12 @@ def test_flash_attention_by_era():
 def test_gradient_reduce_dtype():
     assert grad_reduce_bytes_per_param("megatron-lm") == 4      # fp32 main grads reduced in fp32
     assert grad_reduce_bytes_per_param("megatron-deepspeed") == 2
+
+
+def test_nemo_fp8_recipes_keep_bf16_gradients():
+    # NeMo scripts/performance/helpers.py set_precision_configs: fp8 -> plugins.grad_reduce_in_fp32 = False, so the
+    # distributed optimizer holds 2 (bf16 weights) + 2 (bf16 grads) + 12/d; bf16 runs keep fp32 main grads (+4)
+    assert state_bytes_per_param("nemo", 1, 8, "fp8") == (2, 2, 1.5)
+    assert state_bytes_per_param("nemo", 1, 8, "bf16") == (2, 4, 1.5)
+    assert state_bytes_per_param("megatron-lm", 1, 8, "fp8") == (2, 4, 1.5)
+    assert grad_reduce_bytes_per_param("nemo", "fp8") == 2 and grad_reduce_bytes_per_param("nemo", "bf16") == 4

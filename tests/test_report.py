@@ -62,7 +62,7 @@ def test_sections_of_a_search_report(full):
     p.feed(full)
     assert {"timeline", "breakdown", "memory", "topk", "funnel"} <= p.ids
     assert full.count('class="chart"') == 5
-    assert "GPU 75 GiB" in full                      # memory limit line of an 80 GB H100
+    assert "GPU 80 GiB" in full                      # memory limit line of an H100 (81,559 MiB)
     left = STATS["space_size"]
     for rule, count in STATS["pruned"].items():     # each rule's row: its name, what is left, what it removed
         left -= count

@@ -134,7 +134,7 @@ def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int,
         dp_group = comm.gradient_group(s, g.gpus_per_node)
         layer_params = sum(memory.layer_params_on_gpu(model, s, layer_index))
         gather = comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
-        scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework),
+        scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework, job.precision),
                                        dp_group, g.intra_node, g.inter_node, cal)
         f_exp = max(0.0, gather - lc.forward_s)
         b_exp = max(0.0, gather + scatter - max(bwd_gpu, bwd_host))
@@ -260,7 +260,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
     # ---- data-parallel gradient reduction and the optimizer step, after each rank's last backward -----------------
     dp_group = comm.gradient_group(s, g.gpus_per_node)
     expert_dp_group = comm.gradient_group(s, g.gpus_per_node, experts=True)
-    grad_bytes = grad_reduce_bytes_per_param(job.framework)
+    grad_bytes = grad_reduce_bytes_per_param(job.framework, job.precision)
     dp_exposed = [0.0] * s.pp
     dp_overlapped = [0.0] * s.pp
     optimizer_s = [0.0] * s.pp

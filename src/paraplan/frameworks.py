@@ -9,7 +9,7 @@ benchmarks/llama3_h100_202412_torchtitan.md) and checked out of sample on its Ta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FRAMEWORK_DEFAULTS: dict[str, dict] = {
     "megatron-lm": {"sequence_parallel": True, "zero": 1, "recompute": "none", "overlap_grad_reduce": True,
@@ -98,6 +98,10 @@ class MemoryConventions:
     fp8_param_all_gather: bool = False    # FSDP all-gathers Float8Linear weights in fp8 (unsharded = 1 B/param)
     cp_all_gather_kv: bool = False        # context parallel all-gathers K/V over the CP group per layer
     torch_pipelining: bool = False        # PP via torch.distributed.pipelining (stage.py conventions)
+    fp8_grad_bytes: float | None = None   # gradient bytes/param when training in fp8, if not grad_bytes
+
+    def gradient_bytes(self, precision: str) -> float:
+        return self.fp8_grad_bytes if precision == "fp8" and self.fp8_grad_bytes is not None else self.grad_bytes
 
 
 # Megatron-LM / NeMo (perf_models.md 3.5.2): bf16 params 2 + fp32 main grads 4 + fp32 master 4 + Adam 8.
@@ -111,7 +115,10 @@ _MEGATRON = MemoryConventions(flash_attention=True, fused_swiglu=True, selective
 
 FRAMEWORK_MEMORY: dict[str, MemoryConventions] = {
     "megatron-lm": _MEGATRON,
-    "nemo": _MEGATRON,
+    # NeMo's performance recipes (the published NeMo / DGX Cloud / Megatron-Bridge runs) reduce and keep gradients in
+    # bf16 when training in fp8: scripts/performance/helpers.py set_precision_configs sets
+    # plugins.grad_reduce_in_fp32 = False for fp8 (bf16 runs keep the fp32 main grads).
+    "nemo": replace(_MEGATRON, fp8_grad_bytes=2),
     # vTrain-era Megatron-DeepSpeed (2021 code): no FlashAttention, attention scores stored (Korthikanti 2022
     # Table 2 as printed). Same fp32 main-grad convention as Megatron for bf16/fp16.
     "megatron-deepspeed": MemoryConventions(flash_attention=False, fused_swiglu=True, selective_style="megatron",
@@ -162,8 +169,11 @@ def uses_flash_attention(job) -> bool:
     return not (job.precision == "fp16" and job.framework in MEGATRON_FAMILY)
 
 
-def grad_reduce_bytes_per_param(framework: str) -> int:
+def grad_reduce_bytes_per_param(framework: str, precision: str = "bf16") -> float:
     """Bytes per parameter the DP gradient reduction moves. Megatron keeps fp32 main grads and reduces them in fp32
-    (arguments.py: grad_reduce_in_fp32 for bf16); torchtitan's FSDP2 reduce dtype is fp32; the 2021-era
-    Megatron-DeepSpeed fp16 runs and DeepSpeed's engine reduce in half precision."""
-    return 2 if framework in ("megatron-deepspeed", "deepspeed") else 4
+    (arguments.py: grad_reduce_in_fp32 for bf16), NeMo's fp8 recipes in bf16 (MemoryConventions.fp8_grad_bytes);
+    torchtitan's FSDP2 reduce dtype is fp32; the 2021-era Megatron-DeepSpeed fp16 runs and DeepSpeed's engine
+    reduce in half precision."""
+    if framework in ("megatron-deepspeed", "deepspeed"):
+        return 2
+    return conventions_for(framework).gradient_bytes(precision)

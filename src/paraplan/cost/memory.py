@@ -261,7 +261,7 @@ def params_by_rank(model, strategy) -> list[tuple[float, float]]:
     return out
 
 
-def state_bytes_per_param(framework: str, zero, shard):
+def state_bytes_per_param(framework: str, zero, shard, precision: str = "bf16"):
     """(weight, gradient, optimizer) bytes per parameter at ZeRO stage `zero` sharded over `shard` ranks.
     Megatron-family bf16/fp16: 2 + 4 (fp32 main grad) + 12 -> 18, distributed optimizer 6 + 12/d
     (theoretical_memory_usage.py; dist_optimizer.md). ZeRO-2 also shards grads, ZeRO-3 params (ZeRO paper).
@@ -270,7 +270,8 @@ def state_bytes_per_param(framework: str, zero, shard):
     conv = conventions_for(framework)
     d = np.maximum(1, shard)
     p = np.where(zero >= 3, conv.param_bytes / d, conv.param_bytes)
-    g = np.where(zero >= 2, conv.grad_bytes / d, conv.grad_bytes)
+    grad = conv.gradient_bytes(precision)
+    g = np.where(zero >= 2, grad / d, grad)
     o = np.where(zero >= 1, conv.optimizer_bytes / d, conv.optimizer_bytes)
     if np.ndim(p) == 0:
         return float(p), float(g), float(o)
@@ -293,8 +294,8 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
     capacity = gpu.hbm_gib * (1 - job.memory_headroom)
     shard_dense = s.dp * s.cp                 # Megatron dist-opt and FSDP shard over the dp x cp group
     shard_expert = s.expert_dp
-    wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense)
-    we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert)
+    wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense, job.precision)
+    we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert, job.precision)
     per = {False: _per_token(model, job, s, False, flash, drop), True: _per_token(model, job, s, True, flash, drop)}
     layers = rank_layers(model, s)
     m = num_microbatches(job, s)

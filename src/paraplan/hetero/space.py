@@ -93,7 +93,7 @@ def _layer_memory_floor(ctx: HeteroContext, group: int, tp: int, dp: int, mb_gpu
     """(bytes per layer at least, fixed bytes at least) on one GPU of a stage of this shape (see module doc)."""
     s = ctx.strategy(tp, dp, 1, mb_gpu, zero, recompute, None)
     job = ctx.job
-    wgo = sum(memory.state_bytes_per_param(job.framework, zero, dp))
+    wgo = sum(memory.state_bytes_per_param(job.framework, zero, dp, job.precision))
     per_layer = min(sum(memory.layer_params_on_gpu(ctx.model, s, i)) * wgo
                     + memory.activation_bytes_per_layer(ctx.model, job, s, mb_gpu, ctx.model.is_moe_layer(i))
                     for i in {0, ctx.model.layers - 1})

@@ -145,10 +145,10 @@ class Bounds:
         self.time_s[rows] = pipeline + optimizer + cal.iteration_overhead_s
 
     def _memory(self, rows, cand, dense_count, moe_count, params, act_dense, act_moe, conv):
-        fw, vpp = self.job.framework, dense_count.shape[1]
+        fw, precision, vpp = self.job.framework, self.job.precision, dense_count.shape[1]
         zero = cand.zero[rows, None]
-        wd, gd, od = memory.state_bytes_per_param(fw, zero, (cand.dp * cand.cp)[rows, None])
-        we, ge, oe = memory.state_bytes_per_param(fw, zero, cand.expert_dp[rows, None])
+        wd, gd, od = memory.state_bytes_per_param(fw, zero, (cand.dp * cand.cp)[rows, None], precision)
+        we, ge, oe = memory.state_bytes_per_param(fw, zero, cand.expert_dp[rows, None], precision)
         dense_p, expert_p = params[None, :, 0], params[None, :, 1]
         states = dense_p * (wd + gd + od) + expert_p * (we + ge + oe)
         if self.job.precision == "fp8":

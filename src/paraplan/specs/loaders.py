@@ -76,7 +76,7 @@ _GB_TO_GIB = 1e9 / 2**30
 
 
 # ---- GPUs ------------------------------------------------------------------------------------------------------
-_GPU_FIELDS = {"name", "aliases", "vendor", "peak_tflops", "hbm_gb", "hbm_gbps", "sm_count", "sources"}
+_GPU_FIELDS = {"name", "aliases", "vendor", "peak_tflops", "hbm_gb", "hbm_mib", "hbm_gbps", "sm_count", "sources"}
 _PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
 
 
@@ -129,7 +129,9 @@ def _gpu_from_entry(entry: dict) -> GPUSpec:
     return GPUSpec(
         name=entry["name"],
         peak_tflops={p: float(v) for p, v in peaks.items()},
-        hbm_gib=_float(entry.get("hbm_gb"), "hbm_gb", where) * _GB_TO_GIB,
+        # what the driver reports (nvidia-smi memory.total) where known: "80 GB" parts hold about 80 GiB, not 74.5
+        hbm_gib=(_float(entry["hbm_mib"], "hbm_mib", where) / 1024 if "hbm_mib" in entry
+                 else _float(entry.get("hbm_gb"), "hbm_gb", where) * _GB_TO_GIB),
         hbm_gbps=_float(entry.get("hbm_gbps"), "hbm_gbps", where),
         sm_count=_int(entry.get("sm_count", 108), "sm_count", where),
         vendor=_str(entry.get("vendor", "nvidia"), "vendor", where),
