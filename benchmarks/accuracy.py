@@ -55,12 +55,14 @@ def main() -> None:
         stats = summary(results)
         stats["rank_correlation"] = rank_correlation(rows, results)
         stats["seconds"] = round(seconds, 2)
+        # every measured run fitted in its GPUs' memory: a plan predicted not to fit is a memory overestimate
+        stats["predicted_to_fit"] = sum(1 for r in results if r.fits)
         result["files"][name] = {k: stats[k] for k in ("rows", "modelled", "mean_accuracy", "worst_accuracy",
-                                                         "rank_correlation", "by_group", "seconds")}
+                                                         "rank_correlation", "by_group", "seconds", "predicted_to_fit")}
         print(f"\n== {name}: {stats['rows']} rows, {stats['modelled']} modelled, mean accuracy "
               f"{100 * (stats['mean_accuracy'] or 0):.1f}%, worst {100 * (stats['worst_accuracy'] or 0):.1f}%, "
               f"rank correlation {stats['rank_correlation'] if stats['rank_correlation'] is None else round(stats['rank_correlation'], 3)}, "
-              f"{seconds:.1f} s")
+              f"{seconds:.1f} s; predicted to fit in memory: {stats['predicted_to_fit']} of {stats['modelled']}")
         print(f"   {'group':28s} {'rows':>5s} {'modelled':>8s} {'accuracy':>9s}")
         for group, g in stats["by_group"].items():
             acc = "-" if g["mean_accuracy"] is None else f"{100 * g['mean_accuracy']:.1f}%"

@@ -7,16 +7,17 @@ over each baseline (`throughput_ratio`):
   homogeneous_subset  the exact homogeneous search (paraplan plan) on the best single node group;
   uniform_split       one Megatron grid over every group, even layers and batch shares (the usual practice);
   metis_like          stages ordered by device type, layers split by peak compute, no ZeRO/recompute, DP/PP/TP.
-The planner's best is the faster of its two families: one pipeline over the groups, or two data-parallel replicas
-on disjoint groups with uneven batch shares (hetero/replicas.py); `replicas` says whether the replica family wins
-(`wins`), its throughput over the best single pipeline (`vs_pipeline`), its plan and its search time.
+The planner's best is the faster of its two families: one pipeline over the groups (interleaving and CP searched
+too), or 2-3 data-parallel replicas on disjoint groups or pieces of a cut group, with uneven batch shares
+(hetero/replica_search.py); `replicas` says whether the replica family wins (`wins`), its throughput over the best
+single pipeline (`vs_pipeline`), its number of replicas, plan and search time.
 All numbers are the cost model's predictions, not measurements.
 
     python benchmarks/hetero.py [--quick] [--workers N]
 
 Ends with `RESULT {json}`: {"scenarios": [{name, gpus, search_s, serial_search_s, parallel_speedup,
 throughput_ratio: {homogeneous_subset, uniform_split, metis_like}, tokens_per_s, plan, baselines,
-replicas: {wins, vs_pipeline, tokens_per_s, batch_shares, plan, search_s}}]}.
+replicas: {wins, vs_pipeline, tokens_per_s, count, batch_shares, plan, search_s}}]}.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def run(scenario: dict, workers: int) -> dict:
     row["replicas"] = {"wins": result.recommended == "replicas",
                        "vs_pipeline": round(rep.tokens_per_s / pipe, 4) if rep and pipe else None,
                        "tokens_per_s": round(rep.tokens_per_s) if rep else None,
+                       "count": len(rep.plan.replicas) if rep else None,
                        "batch_shares": list(rep.plan.shares) if rep else None,
                        "plan": rep.plan.summary() if rep else None,
                        "search_s": round(result.replicas.seconds, 2) if result.replicas else None}

@@ -49,6 +49,32 @@ def test_even_plan_on_one_group_is_the_homogeneous_estimate(tp, dp, pp):
     assert max(s.memory.total_gib for s in h.stages) == pytest.approx(e.memory.total_gib, rel=1e-12)
 
 
+@pytest.mark.parametrize("tp,cp,dp,pp,vpp", [(8, 1, 1, 4, 2), (4, 2, 1, 4, 1), (2, 2, 2, 4, 2), (1, 2, 4, 2, 4),
+                                             (4, 1, 2, 4, 2)])
+def test_interleaved_and_context_parallel_plans_are_the_homogeneous_estimate(tp, cp, dp, pp, vpp):
+    """With cp and vpp too (stages of whole nodes, so every send costs the same as the homogeneous p2p)."""
+    model, job = load_model("llama3-8b"), JobSpec(global_batch=64, seq_len=4096)
+    cluster = load_cluster("dgx-a100", tp * cp * dp * pp)
+    ctx = HeteroContext(model, cluster, job)
+    plan = HeteroPlan(tuple(HeteroStage(0, tp, dp, 32 // pp, cp=cp) for _ in range(pp)), dp, vpp)
+    h = estimate_hetero(model, cluster, job, plan, ctx)
+    s = as_strategy(ctx, plan)
+    assert (s.cp, s.vpp, s.world_size) == (cp, vpp, cluster.num_gpus)
+    e = estimate(model, cluster, job, s)
+    assert h.iteration_time_s == pytest.approx(e.iteration_time_s, rel=1e-12)
+    assert max(st.memory.total_gib for st in h.stages) == pytest.approx(e.memory.total_gib, rel=1e-12)
+
+
+def test_virtual_stages_of_uneven_stages():
+    """Stages of 5 and 3 layers with vpp=2: chunks (3, 2) and (2, 1); virtual stages in model order are stage 0
+    chunk 0, stage 1 chunk 0, stage 0 chunk 1, stage 1 chunk 1 -> (3, 2, 2, 1), Megatron's layout "t*3|t*2|t*2|t*1"."""
+    plan = HeteroPlan((HeteroStage(0, 1, 4, 5), HeteroStage(1, 1, 4, 3)), 4, vpp=2)
+    assert plan.virtual_layers() == (3, 2, 2, 1)
+    assert plan.summary().startswith("pp=2 vpp=2 mb=4:")
+    est = estimate_hetero(SMALL, mixed(), JobSpec(global_batch=16, seq_len=1024), plan)
+    assert est.stages[1].p2p_s > 0            # the interleaved hop from the V100 stage back to the A100 stage
+
+
 def test_each_stage_is_costed_on_its_own_gpu():
     """The same stage shape is slower on V100 (125 TFLOP/s) than on A100 (312), and judged against 32 vs 80 GB."""
     model, job = SMALL, JobSpec(global_batch=16, seq_len=1024)
@@ -73,25 +99,36 @@ def test_bad_plans_are_one_line_errors():
         estimate_hetero(model, cluster, job, HeteroPlan((HeteroStage(0, 1, 4, 3), HeteroStage(1, 1, 4, 4)), 4))
     with pytest.raises(ParaplanError, match="split evenly over dp=4"):
         HeteroPlan((HeteroStage(0, 1, 4, 8),), 2)
+    with pytest.raises(ParaplanError, match="needs at least two stages"):
+        HeteroPlan((HeteroStage(0, 1, 4, 8),), 4, vpp=2)
+    with pytest.raises(ParaplanError, match="one context-parallel degree"):
+        HeteroPlan((HeteroStage(0, 1, 2, 4, cp=2), HeteroStage(1, 1, 4, 4)), 4)
+    with pytest.raises(ParaplanError, match="cannot fill vpp=3"):
+        HeteroPlan((HeteroStage(0, 1, 4, 6), HeteroStage(1, 1, 4, 2)), 4, vpp=3)
+    with pytest.raises(ParaplanError, match="multiple of pp"):     # 16 / 4 = 4 micro-batches over 3 stages
+        estimate_hetero(model, mixed(8, 4), job, HeteroPlan((HeteroStage(0, 1, 4, 3),) * 2
+                                                            + (HeteroStage(1, 1, 4, 2),), 4, vpp=2))
 
 
 # ---- balancing -----------------------------------------------------------------------------------------------
 def test_balanced_split_is_optimal_against_brute_force():
+    """Also with a floor of `low` layers per stage (interleaving: vpp layers each)."""
     rng = random.Random(7)
-    for _ in range(600):
+    for _ in range(900):
         n = rng.randint(1, 4)
-        layers = rng.randint(n, 9)
+        low = rng.choice((1, 1, 2, 3))
+        layers = rng.randint(n, 12)
         t = [rng.choice([0.1, 0.5, 1, 1.5, 3, 10]) for _ in range(n)]
         e = [rng.choice([0, 0.3, 1, 5]) for _ in range(n)]
         caps = [rng.randint(1, layers) for _ in range(n)]
-        if sum(caps) < layers:
+        if sum(caps) < layers or min(caps) < low or n * low > layers:
             with pytest.raises(ParaplanError):
-                balanced_split(t, e, layers, caps)
+                balanced_split(t, e, layers, caps, low)
             continue
-        best = min(split_time(s, t, e) for s in itertools.product(*[range(1, c + 1) for c in caps])
+        best = min(split_time(s, t, e) for s in itertools.product(*[range(low, c + 1) for c in caps])
                    if sum(s) == layers)
-        got = balanced_split(t, e, layers, caps)
-        assert sum(got) == layers and all(1 <= g <= c for g, c in zip(got, caps))
+        got = balanced_split(t, e, layers, caps, low)
+        assert sum(got) == layers and all(low <= g <= c for g, c in zip(got, caps))
         assert split_time(got, t, e) == pytest.approx(best)
         assert relaxed_bottleneck(t, e, layers) <= best + 1e-12
 
@@ -113,12 +150,26 @@ def test_pruned_search_equals_exhaustive(case):
     name, a100, v100, gb = case
     model = load_model("debug") if name == "debug" else SMALL
     cluster, job = mixed(a100, v100), JobSpec(global_batch=gb, seq_len=512)
-    opts = SpaceOptions(tp=(1, 2), recompute=("none", "full"))       # a smaller space keeps exhaustive fast
+    # a smaller space keeps exhaustive fast (interleaving and CP: the next test)
+    opts = SpaceOptions(tp=(1, 2), recompute=("none", "full"), cp=(1,), vpp=(1,))
     pruned = search_hetero(model, cluster, job, opts, top_k=3, executor="serial")
     full = search_hetero(model, cluster, job, opts, top_k=3, exhaustive=True, executor="serial")
     assert pruned.indices == full.indices
     assert [p.iteration_time_s for p in pruned.plans] == [p.iteration_time_s for p in full.plans]
     assert pruned.stats.simulated < full.stats.simulated
+
+
+@pytest.mark.parametrize("cp,vpp,a100,gb", [((2,), (2,), 8, 16), ((1, 2), (1, 2, 4), 8, 16), ((1, 2), (1, 2), 16, 32)])
+def test_pruned_search_with_interleaving_and_cp_equals_exhaustive(cp, vpp, a100, gb):
+    """Forced cp=2 and vpp=2 (every plan interleaved: the structure bound's interleaved form), then both free."""
+    model, cluster, job = SMALL, mixed(a100, 4), JobSpec(global_batch=gb, seq_len=512)
+    opts = SpaceOptions(tp=(1, 2), recompute=("none",), zero=(1,), cp=cp, vpp=vpp)
+    pruned = search_hetero(model, cluster, job, opts, top_k=3, executor="serial")
+    full = search_hetero(model, cluster, job, opts, top_k=3, exhaustive=True, executor="serial")
+    assert pruned.indices == full.indices and pruned.plans
+    assert [p.iteration_time_s for p in pruned.plans] == [p.iteration_time_s for p in full.plans]
+    if len(vpp) == 1:
+        assert all(p.plan.vpp == 2 and p.plan.cp == 2 for p in full.plans)
 
 
 def test_process_executor_gives_the_serial_answer(monkeypatch):
@@ -183,6 +234,16 @@ def test_cli_bad_cluster_files(tmp_path, body, message):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
+@pytest.mark.parametrize("args,message", [(["--cp", "1,x"], "--cp must be positive integers"),
+                                          (["--vpp", "0"], "--vpp must be positive integers"),
+                                          (["--max-replicas", "1"], "--max-replicas must be at least 2")])
+def test_cli_bad_search_options(args, message):
+    out = runner.invoke(app, ["hetero-plan", "--model", "debug", "--cluster", "examples/hetero_a100_v100.yaml",
+                              "--global-batch", "16", "--seq-len", "512", "--executor", "serial"] + args)
+    lines = out.output.strip().splitlines()
+    assert out.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
 def test_homogeneous_plan_command_points_to_hetero_plan():
     out = runner.invoke(app, ["plan", "--model", "debug", "--cluster", "examples/hetero_a100_v100.yaml",
                               "--global-batch", "16", "--seq-len", "512", "--executor", "serial"])
@@ -213,7 +274,8 @@ def test_ray_executor_gives_the_serial_answer(monkeypatch):
     monkeypatch.setattr(hs, "LEAD_STRUCTURES", 0)
     monkeypatch.setattr(hs, "CHUNK_STRUCTURES", 128)
     model, cluster, job = SMALL, mixed(8, 4), JobSpec(global_batch=32, seq_len=512)
-    serial = search_hetero(model, cluster, job, top_k=2, executor="serial")
-    on_ray = search_hetero(model, cluster, job, top_k=2, executor="ray", workers=2)
+    opts = SpaceOptions(cp=(1,), vpp=(1,))
+    serial = search_hetero(model, cluster, job, opts, top_k=2, executor="serial")
+    on_ray = search_hetero(model, cluster, job, opts, top_k=2, executor="ray", workers=2)
     assert serial.indices == on_ray.indices and on_ray.stats.executor == "ray"
     assert on_ray.stats.simulated > serial.stats.simulated

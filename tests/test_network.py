@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 
 from paraplan.cli import app
 from paraplan.errors import ParaplanError
-from paraplan.network.replan import SwitchCost, iteration_time, replan
+from paraplan.network.replan import SwitchCost, _policy, iteration_time, replan
 from paraplan.hetero.space import SpaceOptions
-from paraplan.network.trace import apply, read_trace
+from paraplan.network.trace import Segment, apply, read_trace
 from paraplan.specs import JobSpec
 from paraplan.specs.loaders import cluster_from_dict, load_cluster, model_from_dict
 
@@ -18,7 +18,7 @@ SMALL = model_from_dict({"name": "small8", "layers": 8, "hidden": 512, "heads": 
 CLUSTER = cluster_from_dict({"name": "mix", "node_groups": [{"preset": "dgx-a100", "num_nodes": 2},
                                                             {"preset": "dgx-v100", "num_nodes": 2}]})
 HEADER = "time_s,link,bandwidth_gbps\n"
-FAST = SpaceOptions(recompute=("none",), zero=(1,))       # a smaller plan space keeps the re-planning tests fast
+FAST = SpaceOptions(recompute=("none",), zero=(1,), cp=(1,), vpp=(1,))   # a smaller space keeps these tests fast
 
 
 def test_example_trace_segments():
@@ -85,10 +85,42 @@ def test_replanning_around_a_failure_beats_the_static_plan():
 
 
 def test_no_switch_when_the_switch_costs_more_than_it_gains():
+    """A 500 s restart, segments of 100 s. Knowing that (oracle) no switch is made. Online, the plan cut off at
+    100 s is left (it cannot run); the restart outlasts that segment and the next one (400 s carried over), so
+    only the first segment trains: less than the static plan, which resumes at 200 s."""
     job = JobSpec(global_batch=16, seq_len=1024)
     segs = read_trace(HEADER + "100,g0.inter_node,down\n200,g0.inter_node,restore\n300,end,\n", CLUSTER)
     r = replan(SMALL, CLUSTER, job, segs, cost=SwitchCost(restart_s=500), options=FAST)     # longer than any segment
-    assert r.switches == 0
+    assert r.oracle_switches == 0 and r.tokens_oracle == r.tokens_static
+    assert r.switches == 1 and [s.tokens for s in r.steps][1:] == [0.0, 0.0]
+    assert r.tokens_replan == r.steps[0].tokens < r.tokens_static
+    assert replan(SMALL, CLUSTER, job, segs, cost=SwitchCost(restart_s=500), options=FAST,
+                  forecast="oracle").switches == 0
+
+
+class _Plan(str):
+    def summary(self) -> str:
+        return str(self)
+
+
+def test_online_policy_uses_only_the_past_by_hand():
+    """Plans A and B, segments of 1000, 150 and 1000 s, A best in the first and last, B in the middle; switch cost
+    100 s, no hysteresis, prior 1000 s, one token per iteration.
+    online: at 1000 s it expects (1000 + 1000) / 2 = 1000 s: (1000 - 100) / 1.0 > 1000 / 2.0, switch to B, which
+    trains (150 - 100) / 1.0 = 50; at 1150 s it expects (1000 + 1000 + 150) / 3 = 716.7 s:
+    616.7 / 1.0 > 716.7 / 1.5, switch back, (1000 - 100) / 1.0 = 900. Total 1000 + 50 + 900 = 1950.
+    oracle: the middle segment lasts 150 s: (150 - 100) / 1.0 = 50 < 150 / 2.0 = 75, keep A: 1000 + 75 + 1000."""
+    a, b = _Plan("A"), _Plan("B")
+    segs = [Segment(0, 1000, ()), Segment(1000, 1150, ()), Segment(1150, 2150, ())]
+    times = {a: [1.0, 2.0, 1.0], b: [1.5, 1.0, 1.5]}
+    online = _policy(segs, [a, b, a], times, 100.0, 0.0, 1.0, "online", 1000.0)
+    assert [s.switched for s in online] == [False, True, True]
+    assert [s.tokens for s in online] == [1000.0, 50.0, 900.0]
+    assert [s.expected_s for s in online] == [1000.0, 1000.0, pytest.approx(2150 / 3)]
+    oracle = _policy(segs, [a, b, a], times, 100.0, 0.0, 1.0, "oracle", 1000.0)
+    assert [s.switched for s in oracle] == [False, False, False] and sum(s.tokens for s in oracle) == 2075.0
+    with pytest.raises(ParaplanError, match="forecast must be one of online, oracle"):
+        replan(SMALL, CLUSTER, JobSpec(global_batch=16, seq_len=1024), segs, forecast="psychic")
 
 
 def test_a_plan_cut_off_has_infinite_time():
@@ -107,6 +139,16 @@ def test_cli_replan_bad_trace_is_one_line(tmp_path):
     assert out.exit_code == 2
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "g9.inter_node" in lines[0]
+
+
+@pytest.mark.parametrize("args,message", [(["--forecast", "psychic"], "forecast must be one of online, oracle"),
+                                          (["--prior-s", "0"], "prior duration must be > 0")])
+def test_cli_replan_bad_forecast_is_one_line(args, message):
+    out = CliRunner().invoke(app, ["replan", "--model", "debug", "--cluster", "examples/hetero_a100_v100.yaml",
+                                   "--trace", "examples/trace_cloud.csv", "--global-batch", "16", "--seq-len", "512"]
+                             + args)
+    lines = out.output.strip().splitlines()
+    assert out.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
 def test_link_between_groups_in_cluster_file_and_trace():

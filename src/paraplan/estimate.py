@@ -14,6 +14,7 @@ from paraplan.sim.engine import PipelineCosts, peak_inflight, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import MemoryBreakdown, Timeline, TimeBreakdown
 from paraplan.specs.strategy import check, default_layer_split
+from paraplan.specs.topology import node_links
 
 MAX_MICROBATCHES = 16_384            # event simulation cost grows with m; real jobs use tens to hundreds
 MEGATRON_BUCKET_PARAMS = 40_000_000   # Megatron DDP bucket: max(40M, 1M * dp) parameters (distributed.py)
@@ -43,12 +44,13 @@ def _layer_comm(model, job, s: Strategy, cluster: ClusterSpec, cal: Calibration,
     """(forward, backward) dicts kind -> (exposed_s, overlapped_s) for one layer and one micro-batch."""
     g = cluster.primary
     intra, inter = g.intra_node, g.inter_node
+    overrides = node_links(cluster)
     tokens = s.micro_batch * job.seq_len // s.cp
     act_bytes = tokens * model.hidden * 2
     fwd: dict[str, tuple[float, float]] = {}
     bwd: dict[str, tuple[float, float]] = {}
     if s.tp > 1:
-        tp_group = comm.group_of("tp", s, g.gpus_per_node)
+        tp_group = comm.group_of("tp", s, g.gpus_per_node, overrides)
         if s.sequence_parallel:
             one = (comm.collective_time("all_gather", act_bytes, tp_group, intra, inter, cal)
                    + comm.collective_time("reduce_scatter", act_bytes, tp_group, intra, inter, cal))
@@ -66,14 +68,14 @@ def _layer_comm(model, job, s: Strategy, cluster: ClusterSpec, cal: Calibration,
             fwd["tp"] = (per_pass, 0.0)
             bwd["tp"] = (bwd_pass, 0.0)
     if s.cp > 1:
-        cp_group = comm.group_of("cp", s, g.gpus_per_node)
+        cp_group = comm.group_of("cp", s, g.gpus_per_node, overrides)
         kv_bytes = 2 * tokens * (model.kv_dim // max(1, min(s.tp, model.kv_heads))) * 2
-        ring = (s.cp - 1) * comm.p2p_time(kv_bytes, cp_group.crosses_nodes, intra, inter, cal)
+        ring = (s.cp - 1) * comm.p2p_time(kv_bytes, cp_group.crosses_nodes, intra, inter, cal, cap=cp_group.cap)
         fwd["cp"] = (max(0.0, ring - attention_fwd_s), min(ring, attention_fwd_s))
         ring_b = 2 * ring                            # K/V again plus their gradients
         bwd["cp"] = (max(0.0, ring_b - attention_bwd_s), min(ring_b, attention_bwd_s))
     if moe_layer and s.ep > 1:
-        ep_group = comm.group_of("ep", s, g.gpus_per_node)
+        ep_group = comm.group_of("ep", s, g.gpus_per_node, overrides)
         # each rank dispatches its 1/tp share of the tokens when expert TP is 1; with expert TP = TP the TP group
         # dispatches all of them and each rank sends what its shard of every expert needs (same bytes per rank)
         a2a_bytes = tokens * model.moe.top_k * model.hidden * 2 / (s.tp // s.expert_tp)
@@ -131,7 +133,7 @@ def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int,
     if s.zero == 3 and s.dp * s.cp > 1:
         # FSDP/ZeRO-3: gather this layer's parameters in forward and again in backward, prefetched one layer
         # ahead; reduce-scatter its gradients after its backward. Exposed where the layer is shorter.
-        dp_group = comm.gradient_group(s, g.gpus_per_node)
+        dp_group = comm.gradient_group(s, g.gpus_per_node, overrides=node_links(cluster))
         layer_params = sum(memory.layer_params_on_gpu(model, s, layer_index))
         gather = comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
         scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework, job.precision),
@@ -144,9 +146,12 @@ def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int,
             _pass_cost(bwd_host, bwd_gpu, comm_b, cal), rc_gpu)
 
 
-def layer_cache_key(s: Strategy, moe_layer: bool) -> tuple:
+def layer_cache_key(s: Strategy, moe_layer: bool, node_overrides: bool = False) -> tuple:
     """What one layer's passes depend on, for a fixed model, job, cluster and calibration: everything in the
-    strategy except how layers are spread over pipeline stages and ZeRO below stage 3 (which act outside layers)."""
+    strategy except how layers are spread over pipeline stages and ZeRO below stage 3 (which act outside layers).
+    With node overrides the job's size (dp, pp) decides which nodes its groups land on, so it counts too."""
+    if node_overrides:
+        return (s.pp, s.dp, *layer_cache_key(s, moe_layer))
     dp = s.dp if (s.zero == 3 or s.ep > 1) else 0      # dp places only ZeRO-3 gathers and expert groups
     return (s.tp, s.cp, dp, s.ep, s.micro_batch, s.sequence_parallel, s.recompute, s.zero == 3, s.tp_comm_overlap,
             moe_layer)
@@ -163,7 +168,7 @@ def _stage_costs(model, job, s: Strategy, cluster, cal, layers_by_chunk: list[li
             moe_layer = model.is_moe_layer(li)
             counts[moe_layer] = counts.get(moe_layer, 0) + 1
         for moe_layer, n in counts.items():
-            key = layer_cache_key(s, moe_layer)
+            key = layer_cache_key(s, moe_layer, bool(node_links(cluster)))
             if key not in cache:
                 first = next(li for li in layers if model.is_moe_layer(li) == moe_layer)
                 cache[key] = layer_passes(model, job, s, cluster, cal, first, cache)
@@ -252,14 +257,17 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
     compute_per_mb[-1] += head_f + head_b
 
     p2p_bytes = s.micro_batch * job.seq_len // s.cp * model.hidden * 2 / (s.tp if s.sequence_parallel else 1)
-    p2p = comm.p2p_time(p2p_bytes, comm.pp_crosses_nodes(s, g.gpus_per_node), g.intra_node, g.inter_node, cal) if s.pp > 1 else 0.0
+    overrides = node_links(cluster)
+    share, cap = comm.pp_send(s, g.gpus_per_node, g.inter_node, overrides)
+    p2p = comm.p2p_time(p2p_bytes, comm.pp_crosses_nodes(s, g.gpus_per_node), g.intra_node, g.inter_node, cal, share,
+                        cap) if s.pp > 1 else 0.0
     # Megatron's 1F1B waits for each send/recv pair before the next compute (send_forward_recv_backward); only the
     # interleaved schedule overlaps p2p with compute (--overlap-p2p-comm)
     overlapped_p2p = s.vpp > 1 or job.framework not in MEGATRON_FAMILY
 
     # ---- data-parallel gradient reduction and the optimizer step, after each rank's last backward -----------------
-    dp_group = comm.gradient_group(s, g.gpus_per_node)
-    expert_dp_group = comm.gradient_group(s, g.gpus_per_node, experts=True)
+    dp_group = comm.gradient_group(s, g.gpus_per_node, overrides=overrides)
+    expert_dp_group = comm.gradient_group(s, g.gpus_per_node, experts=True, overrides=overrides)
     grad_bytes = grad_reduce_bytes_per_param(job.framework, job.precision)
     dp_exposed = [0.0] * s.pp
     dp_overlapped = [0.0] * s.pp
@@ -288,6 +296,13 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
             dp_overlapped[r] = t_grad + t_param - exposed
         shard = (dense_params / dp_group.size + expert_params / expert_dp_group.size) if s.zero >= 1 else params
         optimizer_s[r] = float(compute.optimizer_time(shard, gpu, cal))
+    if dp_group.size > 1 and s.zero < 3:           # say so where the topology made another algorithm faster
+        op = "all_reduce" if s.zero == 0 else "reduce_scatter"
+        dense_params = _params_by_rank(model, s, layer_cache)[0][0]
+        _, algorithm = comm.collective_choice(op, dense_params * grad_bytes, dp_group, g.intra_node, g.inter_node, cal)
+        if algorithm not in ("ring", "none", "measured"):
+            assumptions.append(f"data-parallel gradient {op.replace('_', '-')}: {algorithm} algorithm (the fastest "
+                               f"priced for this topology)")
     return Prepared(s, cal, assumptions, m, schedule, fwd, bwd, compute_per_mb, recompute_per_mb, exposed_by_rank,
                     overlapped_by_rank, slowdown_by_rank, p2p, overlapped_p2p, dp_exposed, dp_overlapped, optimizer_s)
 

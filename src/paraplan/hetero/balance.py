@@ -18,8 +18,9 @@ import numpy as np
 from paraplan.errors import ParaplanError
 
 
-def balanced_split(t, e, layers: int, caps=None) -> tuple[int, ...]:
-    """Integer split minimising max_i(L_i t_i + e_i) with 1 <= L_i <= caps_i; ParaplanError if none exists.
+def balanced_split(t, e, layers: int, caps=None, low: int = 1) -> tuple[int, ...]:
+    """Integer split minimising max_i(L_i t_i + e_i) with low <= L_i <= caps_i; ParaplanError if none exists
+    (low > 1: an interleaved pipeline's stages need at least vpp layers).
 
     Start every stage at the layers it holds under the relaxed bottleneck T* (a lower bound on the optimum, so no
     stage starts above its count in an optimal split), then add layers one at a time where the stage's new time is
@@ -27,28 +28,28 @@ def balanced_split(t, e, layers: int, caps=None) -> tuple[int, ...]:
     t, e = [float(x) for x in t], [float(x) for x in e]
     n = len(t)
     caps = [layers] * n if caps is None else [min(int(c), layers) for c in caps]
-    if n > layers or min(caps) < 1 or sum(caps) < layers:
-        raise ParaplanError(f"{layers} layers cannot be split over {n} stages holding at most {caps}")
-    # stages too slow to take a whole layer at the relaxed bottleneck keep exactly one; the rest share the others
-    # (the relaxed optimum with L_i >= 1: no stage starts above its count in an optimal split)
+    if n * low > layers or min(caps) < low or sum(caps) < layers:
+        raise ParaplanError(f"{layers} layers cannot be split over {n} stages holding {low} to {caps} each")
+    # stages too slow to take `low` layers at the relaxed bottleneck keep exactly that; the rest share the others
+    # (the relaxed optimum with L_i >= low: no stage starts above its count in an optimal split)
     fixed: set[int] = set()
     T = 0.0
     while len(fixed) < n:
         rest = [i for i in range(n) if i not in fixed]
-        T = (layers - len(fixed) + sum(e[i] / t[i] for i in rest)) / sum(1.0 / t[i] for i in rest)
-        slow = {i for i in rest if (T - e[i]) / t[i] < 1}
+        T = (layers - low * len(fixed) + sum(e[i] / t[i] for i in rest)) / sum(1.0 / t[i] for i in rest)
+        slow = {i for i in rest if (T - e[i]) / t[i] < low}
         if not slow:
             break
         fixed |= slow
-    split = [1 if i in fixed else max(1, min(caps[i], int(math.floor((T - e[i]) / t[i] + 1e-12))))
+    split = [low if i in fixed else max(low, min(caps[i], int(math.floor((T - e[i]) / t[i] + 1e-12))))
              for i in range(n)]
     if sum(split) > layers:                 # float rounding only: trim the slowest stages
-        trim = [(-(split[i] * t[i] + e[i]), -i) for i in range(n) if split[i] > 1]
+        trim = [(-(split[i] * t[i] + e[i]), -i) for i in range(n) if split[i] > low]
         heapq.heapify(trim)
         while sum(split) > layers:
             _, j = heapq.heappop(trim)
             split[-j] -= 1
-            if split[-j] > 1:
+            if split[-j] > low:
                 heapq.heappush(trim, (-(split[-j] * t[-j] + e[-j]), j))
     heap = [((split[i] + 1) * t[i] + e[i], i) for i in range(n) if split[i] < caps[i]]
     heapq.heapify(heap)

@@ -2,12 +2,12 @@
 
 - homogeneous_subset: the exact homogeneous search (paraplan.search) on each node group alone; the fastest wins.
 - uniform_split: the usual practice on a mixed cluster: one Megatron grid over every group (the same tp and dp
-  everywhere), layers split evenly, batch split evenly; ZeRO and recompute free.
+  everywhere), layers split evenly, batch split evenly; ZeRO and recompute free, no interleaving or CP.
 - metis_like: stages ordered by device type (fastest first), layers in proportion to each stage's peak compute,
   no ZeRO and no recompute, tp/dp per stage, every group used (after Metis, USENIX ATC'24).
 The heterogeneous search covers both of the last two spaces, so it is never slower than either. A second plan
-family is searched beside it (replicas.py): two data-parallel replicas, whole pipelines on disjoint node groups,
-with uneven batch shares. The recommended plan is the fastest of the heterogeneous pipeline, the replica plan and
+family is searched beside it (replica_search.py): 2-3 data-parallel replicas, whole pipelines on disjoint node
+groups or on pieces of a cut group, with uneven batch shares. The recommended plan is the fastest of the heterogeneous pipeline, the replica plan and
 the homogeneous-subset plan.
 """
 from __future__ import annotations
@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass, field
 
 from paraplan.hetero.estimate import HeteroContext
-from paraplan.hetero.replicas import ReplicaSearchResult, search_replicas
+from paraplan.hetero.replica_search import ReplicaSearchResult, search_replicas
 from paraplan.hetero.search import HeteroSearchResult, search_hetero
 from paraplan.hetero.space import SpaceOptions
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec
 
-UNIFORM = SpaceOptions(splits=("even",), same_shape=True, all_groups=True)
-METIS_LIKE = SpaceOptions(splits=("power",), zero=(0,), recompute=("none",), orders="by_speed", all_groups=True)
+# the baselines keep to what they are described as: DP/PP/TP grids, no interleaving or context parallelism
+UNIFORM = SpaceOptions(splits=("even",), same_shape=True, all_groups=True, cp=(1,), vpp=(1,))
+METIS_LIKE = SpaceOptions(splits=("power",), zero=(0,), recompute=("none",), orders="by_speed", all_groups=True,
+                          cp=(1,), vpp=(1,))
 
 
 @dataclass
@@ -96,8 +98,9 @@ def _from_search(name: str, r: HeteroSearchResult) -> Baseline:
 def plan_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options: SpaceOptions | None = None,
                 top_k: int = 3, executor: str = "process", workers: int | None = None,
                 baselines: bool = True, serial_timing: bool = False, exhaustive: bool = False,
-                replicas: bool = True) -> HeteroPlanResult:
-    """Search the heterogeneous plans (and, with `replicas`, the two-replica plans) and run the baselines.
+                replicas: bool = True, max_replicas: int = 3) -> HeteroPlanResult:
+    """Search the heterogeneous plans (and, with `replicas`, the plans of 2..max_replicas data-parallel replicas)
+    and run the baselines.
     `serial_timing`: also time the search on one process (the parallel speed-up is search_s vs serial_search_s)."""
     ctx = HeteroContext(model, cluster, job)
     result = search_hetero(model, cluster, job, options, top_k, exhaustive, executor, workers, ctx=ctx)
@@ -114,7 +117,7 @@ def plan_hetero(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, options: S
     rep = None
     if replicas and len(cluster.node_groups) > 1:
         rep = search_replicas(model, cluster, job, options, 1, exhaustive=exhaustive, executor=executor,
-                              workers=workers, ctx=ctx)
+                              workers=workers, ctx=ctx, max_replicas=max_replicas)
     sub = found.get("homogeneous_subset")
     # the fastest family wins; ties go to the one pipeline, then the homogeneous subset
     offers = [("heterogeneous", result.best.tokens_per_s if result.best else None),

@@ -42,56 +42,74 @@ class Candidate:
 
 
 def stages_of(ctx: HeteroContext, c: Candidate) -> list[tuple[int, int, int]]:
-    out = []
-    for g in c.order:
-        tp, dp = c.structure.shapes[g]
-        out += [(g, tp, dp)] * c.structure.stages_of(ctx.cluster, g)
-    return out
+    """(group, tp, dp) of each stage of a candidate, in pipeline order."""
+    return _layout(ctx, c.structure, c.order)[0]
 
 
-def stage_rates(ctx: HeteroContext, c: Candidate, stages) -> tuple[list[float], list[float]]:
+def stage_rates(ctx: HeteroContext, c: Candidate) -> tuple[list[float], list[float]]:
     """Per stage: seconds per layer per micro-batch, and seconds per micro-batch besides the layers."""
-    st = c.structure
-    key = ("rates", st, c.order)
-    if key not in ctx.layer_times:
-        t = [ctx.layer_time(g, tp, dp, st.mb, st.zero, st.recompute) for g, tp, dp in stages]
-        e = [ctx.edge_time(g, tp, dp, st.mb, i == 0, i == len(stages) - 1) for i, (g, tp, dp) in enumerate(stages)]
-        ctx.layer_times[key] = (t, e)
-    return ctx.layer_times[key]
+    return _layout(ctx, c.structure, c.order)[1:]
+
+
+def _layout(ctx: HeteroContext, st: space.Structure, order: tuple[int, ...]):
+    """Stages, seconds per layer and seconds besides layers of a structure in a group order (cached: the search
+    opens tens of thousands of orders, so the lists are built per group, not per stage)."""
+    key = ("rates", st, order)
+    hit = ctx.layer_times.get(key)
+    if hit is None:
+        stages, t, e = [], [], []
+        for g in order:
+            tp, dp = st.shapes[g]
+            k = st.stages_of(ctx.cluster, g)
+            stages += [(g, tp, dp)] * k
+            t += [ctx.layer_time(g, tp, dp, st.mb, st.zero, st.recompute, st.cp)] * k
+            e += [ctx.edge_time(g, tp, dp, st.mb, False, False, st.cp)] * k
+        n = len(stages)
+        for i in {0, n - 1}:
+            g, tp, dp = stages[i]
+            e[i] = ctx.edge_time(g, tp, dp, st.mb, i == 0, i == n - 1, st.cp)
+        hit = ctx.layer_times[key] = (stages, t, e)
+    return hit
 
 
 def initial_split(ctx: HeteroContext, c: Candidate, caps=None) -> tuple[int, ...]:
-    stages = stages_of(ctx, c)
+    stages, t, e = _layout(ctx, c.structure, c.order)
     L = ctx.model.layers
-    if c.split == "even":
-        split = default_layer_split(L, len(stages))
-        if min(split) < 1:
-            raise ParaplanError(f"no even split of {L} layers over {len(stages)} stages")
+    vpp = c.structure.vpp
+    if c.split in ("even", "power"):
+        if c.split == "even":
+            split = default_layer_split(L, len(stages))
+        else:
+            split = power_split([ctx.cluster.node_groups[g].gpu.peak(ctx.job.precision) * tp * c.structure.cp * dp
+                                 for g, tp, dp in stages], L)
+        if min(split) < vpp:
+            raise ParaplanError(f"the {c.split} split {split} leaves a stage fewer than vpp={vpp} layers")
         return split
-    if c.split == "power":
-        return power_split([ctx.cluster.node_groups[g].gpu.peak(ctx.job.precision) * tp * dp
-                            for g, tp, dp in stages], L)
-    t, e = stage_rates(ctx, c, stages)
-    return balanced_split(t, e, L, caps)
+    return balanced_split(t, e, L, caps, c.structure.vpp)
 
 
 def plan_of(ctx: HeteroContext, c: Candidate, layers) -> HeteroPlan:
     st = c.structure
-    return HeteroPlan(tuple(HeteroStage(g, tp, dp, n, st.zero, st.recompute)
-                            for (g, tp, dp), n in zip(stages_of(ctx, c), layers)), st.mb)
+    return HeteroPlan(tuple(HeteroStage(g, tp, dp, n, st.zero, st.recompute, st.cp)
+                            for (g, tp, dp), n in zip(stages_of(ctx, c), layers)), st.mb, st.vpp)
 
 
 def plan_bound(ctx: HeteroContext, c: Candidate, layers) -> float:
     """At most the plan's simulated time (the argument of estimate.time_lower_bound): stage r cannot start before
     micro-batch 0's forward has passed the stages before it, then works its m micro-batches back to back at best,
-    and its last backward still has to pass back through those stages. Sends only add to this."""
-    stages = stages_of(ctx, c)
-    t, e = stage_rates(ctx, c, stages)
+    and its last backward still has to pass back through those stages. Sends only add to this. Interleaved, what
+    passes the earlier stages is their first chunk only: at least their smallest chunk's layers."""
+    t, e = stage_rates(ctx, c)
     m = ctx.job.global_batch // c.structure.mb
+    vpp = c.structure.vpp
     overhead = max(ctx.cals[g].iteration_overhead_s for g in c.order)
     work = [n * ti + ei for n, ti, ei in zip(layers, t, e)]
-    before = np.concatenate([[0.0], np.cumsum(work)[:-1]])
-    return float(np.max(before + m * np.asarray(work))) + overhead
+    passing = work if vpp == 1 else [(n // vpp) * ti for n, ti in zip(layers, t)]
+    worst = before = 0.0
+    for w, p in zip(work, passing):
+        worst = max(worst, before + m * w)
+        before += p
+    return worst + overhead
 
 
 def evaluate_candidate(ctx: HeteroContext, c: Candidate, threshold: float = np.inf):
@@ -113,7 +131,7 @@ def evaluate_candidate(ctx: HeteroContext, c: Candidate, threshold: float = np.i
                 per_layer = (mem.weights_gib + mem.gradients_gib + mem.optimizer_gib + mem.activations_gib) / layers[i]
                 over = mem.total_gib - mem.capacity_gib
                 caps[i] = min(caps[i], layers[i] - max(1, int(np.ceil(over / max(per_layer, 1e-9)))))
-        if min(caps) < 1 or sum(caps) < ctx.model.layers:
+        if min(caps) < c.structure.vpp or sum(caps) < ctx.model.layers:
             return OUT_OF_MEMORY
         try:
             layers = initial_split(ctx, c, caps)
@@ -154,9 +172,9 @@ def branch_and_bound(ctx: HeteroContext, items, threshold: float, top_k: int, op
             m = ctx.job.global_batch // st.mb
             for oi, grp_order in enumerate(space.orders_of(ctx, st, opts.orders)):
                 c = Candidate(st, grp_order, "balanced", (si, oi, 0))
-                t, e = stage_rates(ctx, c, stages_of(ctx, c))
+                t, e = stage_rates(ctx, c)
                 try:
-                    layers = balanced_split(t, e, L)
+                    layers = balanced_split(t, e, L, None, st.vpp)
                 except ParaplanError:
                     continue
                 b1 = m * max(n * ti + ei for n, ti, ei in zip(layers, t, e)) + \

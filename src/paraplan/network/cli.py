@@ -12,7 +12,7 @@ from paraplan.errors import ParaplanError
 
 def replan_api(model: str, cluster: str, trace: str, global_batch: int, seq_len: int, precision: str = "bf16",
                framework: str = "megatron-lm", hysteresis: float = 0.05, restart_s: float = 60.0,
-               storage_gbps: float = 20.0):
+               storage_gbps: float = 20.0, forecast: str = "online", prior_s: float = 3600.0):
     """paraplan.network.replan.replan for preset/file names (the library call behind the command)."""
     from paraplan.api import check_positive
     from paraplan.network.replan import SwitchCost, replan
@@ -25,7 +25,8 @@ def replan_api(model: str, cluster: str, trace: str, global_batch: int, seq_len:
     cluster_spec = load_cluster(cluster)
     segments = read_trace(trace, cluster_spec)
     job = JobSpec(global_batch=global_batch, seq_len=seq_len, precision=precision, framework=framework)
-    return replan(load_model(model), cluster_spec, job, segments, hysteresis, SwitchCost(restart_s, storage_gbps))
+    return replan(load_model(model), cluster_spec, job, segments, hysteresis, SwitchCost(restart_s, storage_gbps),
+                  forecast=forecast, prior_s=prior_s)
 
 
 @app.command("replan")
@@ -42,6 +43,9 @@ def replan_command(
                                      "paying the switch cost"),
     restart_s: float = typer.Option(60.0, "--restart-s", help="seconds to stop and relaunch a job"),
     storage_gbps: float = typer.Option(20.0, "--storage-gbps", help="checkpoint save/restore bandwidth, GB/s"),
+    forecast: str = typer.Option("online", help="online: decide from past durations only; oracle: read each "
+                                 "segment's duration from the trace (an upper bound)"),
+    prior_s: float = typer.Option(3600.0, "--prior-s", help="online: prior mean duration of a network condition, s"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ):
     """For each change of a bandwidth trace: the best plan for the new conditions, whether switching pays off
@@ -49,20 +53,23 @@ def replan_command(
     initial plan; also the single most robust plan."""
     try:
         result = replan_api(model, cluster, trace, global_batch, seq_len, precision, framework, hysteresis,
-                            restart_s, storage_gbps)
+                            restart_s, storage_gbps, forecast, prior_s)
     except ParaplanError as exc:
         _fail(str(exc))
     doc = result.to_dict()
     if as_json:
         typer.echo(json.dumps(doc, indent=1))
         return
-    table = Table("from s", "to s", "best plan for the conditions", "best tok/s", "running tok/s", "switch")
+    table = Table("from s", "to s", "best plan for the conditions", "best tok/s", "running tok/s",
+                  "expected s", "switch")
     for s in result.steps:
         table.add_row(f"{s.start_s:g}", f"{s.end_s:g}", s.best_plan, f"{s.best_tokens_per_s:,.0f}",
-                      f"{s.running_tokens_per_s:,.0f}", f"yes ({s.switch_cost_s:.0f} s)" if s.switched else "-")
+                      f"{s.running_tokens_per_s:,.0f}", f"{s.expected_s:,.0f}",
+                      f"yes ({s.switch_cost_s:.0f} s)" if s.switched else "-")
     console.print(table)
     tp = doc["throughput_tokens_per_s"]
-    console.print(f"over {result.duration_s:g} s: re-planning {tp['replan']:,.0f} tokens/s ({result.switches} "
-                  f"switches), static {tp['static']:,.0f}, robust {tp['robust']:,.0f}; re-planning / static "
-                  f"{doc['replan_vs_static']:.3f}, robust / static {doc['robust_vs_static']:.3f}")
+    console.print(f"over {result.duration_s:g} s: re-planning ({result.forecast}) {tp['replan']:,.0f} tokens/s "
+                  f"({result.switches} switches), static {tp['static']:,.0f}, robust {tp['robust']:,.0f}; "
+                  f"re-planning / static {doc['replan_vs_static']:.3f}, robust / static {doc['robust_vs_static']:.3f}, "
+                  f"oracle (durations known) / static {doc['oracle_vs_static']:.3f}")
     console.print(f"robust plan: {result.robust_plan}")

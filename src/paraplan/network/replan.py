@@ -1,28 +1,37 @@
 """Re-planning over a bandwidth trace: at each change, the best plan for the new conditions, and whether switching
 to it pays off once the switch costs (checkpoint save and restore, restart) are counted.
 
-Policy (hysteresis): at the start of a segment of duration D, with the running plan at t_cur s per iteration (inf
-when a group it uses is cut off) and the segment's best plan at t_best, switch when the best plan, after paying
-the switch cost C, still does more iterations in the segment by a margin: (D - C) / t_best > (1 + h) D / t_cur.
-The segment's duration is read from the trace, i.e. the trace is used as a forecast of the network.
+Policy (hysteresis): at the start of a segment, with the running plan at t_cur s per iteration under the new
+conditions (inf when a group it uses is cut off) and the best plan for them at t_best, switch when the best plan,
+after paying the switch cost C, still does more iterations over the expected duration D of the new conditions by
+a margin: (D - C) / t_best > (1 + h) D / t_cur; a plan that cannot run at all is always left.
+
+D is not read from the future (forecast="online", the default): it is the mean duration of the conditions seen so
+far, with a prior of `prior_s` seconds counted as one more observation (the expected remaining duration of the
+current condition if durations are exponential, i.e. memoryless). A switch stops training for C seconds; when the
+conditions change again first, the rest of that downtime carries over. forecast="oracle" reads each segment's
+real duration from the trace instead (switching only when the segment outlasts C): an upper bound that no online
+policy reaches, reported beside it.
 
 Throughput over the trace is tokens trained / trace duration. The static plan keeps the initial plan throughout
 (it trains nothing while a group it uses is cut off); the robust plan is the one plan, among the segments' best
-plans, that trains the most tokens over the whole trace without switching.
+plans, that trains the most tokens over the whole trace without switching (chosen knowing the whole trace).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from paraplan.errors import ParaplanError
 from paraplan.hetero.estimate import HeteroContext, estimate_hetero
-from paraplan.hetero.plan import HeteroPlan, HeteroStage
+from paraplan.hetero.plan import HeteroPlan
 from paraplan.hetero.search import search_hetero
 from paraplan.hetero.space import SpaceOptions
 from paraplan.network.trace import Segment, apply
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec
 
 CHECKPOINT_BYTES_PER_PARAM = 14     # bf16 weights 2 + fp32 master weights 4 + Adam moments 8 (Megatron mixed precision)
+FORECASTS = ("online", "oracle")
 
 
 @dataclass(frozen=True)
@@ -39,8 +48,7 @@ class SwitchCost:
 def _remap(plan: HeteroPlan, mapping: dict[int, int]) -> HeteroPlan | None:
     if any(s.group not in mapping for s in plan.stages):
         return None
-    return HeteroPlan(tuple(HeteroStage(mapping[s.group], s.tp, s.dp, s.layers, s.zero, s.recompute)
-                            for s in plan.stages), plan.microbatch_sequences)
+    return replace(plan, stages=tuple(replace(s, group=mapping[s.group]) for s in plan.stages))
 
 
 def iteration_time(model, cluster, job, plan: HeteroPlan, segment: Segment) -> float:
@@ -70,6 +78,7 @@ class Step:
     switched: bool
     switch_cost_s: float
     tokens: float                    # trained in this segment by the re-planning policy
+    expected_s: float = 0.0          # the duration the decision assumed (online: from past segments only)
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -86,6 +95,9 @@ class ReplanResult:
     static_plan: str
     switch_cost_s: float
     extra: dict = field(default_factory=dict)
+    forecast: str = "online"
+    tokens_oracle: float = 0.0       # the same policy knowing every segment's duration (upper bound)
+    oracle_switches: int = 0
 
     @property
     def switches(self) -> int:
@@ -99,15 +111,54 @@ class ReplanResult:
                                             "robust": self.tokens_robust / self.duration_s},
                 "replan_vs_static": ratio(self.tokens_replan, self.tokens_static),
                 "robust_vs_static": ratio(self.tokens_robust, self.tokens_static),
+                "forecast": self.forecast, "oracle_vs_static": ratio(self.tokens_oracle, self.tokens_static),
+                "oracle_switches": self.oracle_switches,
                 "static_plan": self.static_plan, "robust_plan": self.robust_plan,
                 "timeline": [s.to_dict() for s in self.steps]}
 
 
+def _policy(segments, bests, times, switch_s: float, hysteresis: float, tokens_per_iter: float, forecast: str,
+            prior_s: float) -> list[Step]:
+    """The re-planning timeline (module docstring)."""
+    running, steps, seen, down = bests[0], [], [], 0.0
+    for k, seg in enumerate(segments):
+        best, d = bests[k], seg.duration_s
+        t_cur = times[running][k]
+        t_best = times[best][k] if best is not None else math.inf
+        expected = d if forecast == "oracle" else (prior_s + sum(seen)) / (1 + len(seen))
+        switched = False
+        if best is not None and best != running:
+            if forecast == "oracle" and d <= switch_s:
+                switched = False                  # hindsight: a switch that never finishes is never made
+            elif t_cur == math.inf:
+                switched = True                   # the running plan cannot run at all
+            elif expected > switch_s:
+                switched = (expected - switch_s) / t_best > (1 + hysteresis) * expected / t_cur
+        if switched:
+            running, down = best, switch_s
+        idle = min(d, down)
+        down -= idle
+        t_run = times[running][k]
+        seg_tokens = (d - idle) / t_run * tokens_per_iter if t_run < math.inf else 0.0
+        steps.append(Step(seg.start_s, seg.end_s, best.summary() if best else "none fits",
+                          tokens_per_iter / t_best, tokens_per_iter / t_cur, switched,
+                          switch_s if switched else 0.0, seg_tokens, expected))
+        seen.append(d)
+    return steps
+
+
 def replan(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, segments: list[Segment],
            hysteresis: float = 0.05, cost: SwitchCost | None = None,
-           options: SpaceOptions | None = None) -> ReplanResult:
+           options: SpaceOptions | None = None, forecast: str = "online", prior_s: float = 3600.0) -> ReplanResult:
+    """Re-plan over `segments` (module docstring). `forecast`: "online" (decisions from the past only, `prior_s`
+    the prior mean duration of a condition) or "oracle" (segment durations read from the trace); the result
+    carries the oracle's tokens either way."""
     if hysteresis < 0:
         raise ParaplanError(f"hysteresis must be >= 0, got {hysteresis}")
+    if forecast not in FORECASTS:
+        raise ParaplanError(f"forecast must be one of {', '.join(FORECASTS)}, got {forecast!r}")
+    if not prior_s > 0:
+        raise ParaplanError(f"the prior duration must be > 0 seconds, got {prior_s}")
     cost = cost or SwitchCost()
     switch_s = cost.seconds(model)
     tokens_per_iter = job.tokens_per_step
@@ -117,25 +168,8 @@ def replan(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, segments: list[
     candidates = {b for b in bests if b is not None}
     # time of every candidate plan in every segment (the robust choice and the policy both need them)
     times = {p: [iteration_time(model, cluster, job, p, seg) for seg in segments] for p in candidates}
-    running, steps, tokens = bests[0], [], 0.0
-    for k, seg in enumerate(segments):
-        best = bests[k]
-        t_cur = times[running][k]
-        t_best = times[best][k] if best is not None else float("inf")
-        d = seg.duration_s
-        switched = False
-        if best is not None and best != running and d > switch_s:
-            if (d - switch_s) / t_best > (1 + hysteresis) * d / t_cur:
-                switched = True
-        if switched:
-            seg_tokens = (d - switch_s) / t_best * tokens_per_iter
-            running = best
-        else:
-            seg_tokens = d / t_cur * tokens_per_iter
-        tokens += seg_tokens
-        steps.append(Step(seg.start_s, seg.end_s, best.summary() if best else "none fits",
-                          tokens_per_iter / t_best, tokens_per_iter / t_cur, switched,
-                          switch_s if switched else 0.0, seg_tokens))
+    runs = {f: _policy(segments, bests, times, switch_s, hysteresis, tokens_per_iter, f, prior_s) for f in FORECASTS}
+    steps = runs[forecast]
     duration = segments[-1].end_s - segments[0].start_s
 
     def total(p):
@@ -143,7 +177,7 @@ def replan(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, segments: list[
 
     static = bests[0]
     robust = max(sorted(candidates, key=lambda p: p.describe()), key=total)
-    return ReplanResult(steps, duration, tokens, total(static), total(robust), robust.summary(), static.summary(),
-                        switch_s)
-
-
+    return ReplanResult(steps, duration, sum(s.tokens for s in steps), total(static), total(robust), robust.summary(),
+                        static.summary(), switch_s, forecast=forecast,
+                        tokens_oracle=sum(s.tokens for s in runs["oracle"]),
+                        oracle_switches=sum(s.switched for s in runs["oracle"]))

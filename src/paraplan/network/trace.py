@@ -10,8 +10,10 @@ Format (header required; '#' lines are comments):
     3600,end,                  # end of the trace (default: one more segment as long as the last)
 
 `link` is `inter_node` or `intra_node` (every group), `gN.inter_node` / `gN.intra_node` (node group N of the
-cluster file), or `gA-gB`, the link between groups A and B (the cluster file's `group_links` entry, else the
-slower of their networks; it cannot be `down`: take a group down instead). A bandwidth is GB/s per GPU per direction (`bandwidth_gbit` as the header's third column gives
+cluster file), `gA-gB`, the link between groups A and B (the cluster file's `group_links` entry, else the
+slower of their networks), or a node override like the cluster file's `node_links`: `gAnB` (every path of node
+B of group A) or `gAnB-gCnD` (the path between two nodes). Links between groups or nodes cannot be `down`: take
+a group down instead. A level with several physical links changes as one (its parts are no longer told apart). A bandwidth is GB/s per GPU per direction (`bandwidth_gbit` as the header's third column gives
 Gb/s), `down` (or 0) for a failed link, `restore` for the cluster file's value. Rows at the same time apply
 together.
 """
@@ -19,13 +21,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from paraplan.errors import ParaplanError
 from paraplan.hetero.estimate import link_between
 from paraplan.specs import ClusterSpec
-from paraplan.specs.cluster import NodeGroup
+from paraplan.specs.cluster import LinkSpec
+from paraplan.specs.topology import NodeLink, first_nodes, group_of_node, node_index, node_links, with_bandwidth
 
 LEVELS = ("inter_node", "intra_node")
 
@@ -54,7 +58,20 @@ class Segment:
 def link_names(cluster: ClusterSpec) -> list[str]:
     n = len(cluster.node_groups)
     return (list(LEVELS) + [f"g{i}.{lv}" for i in range(n) for lv in LEVELS]
-            + [f"g{a}-g{b}" for a in range(n) for b in range(a + 1, n)])
+            + [f"g{a}-g{b}" for a in range(n) for b in range(a + 1, n)]
+            + [f"nodes g{i}n0..g{i}n{g.num_nodes - 1} (gInJ, gInJ-gKnL)" for i, g in enumerate(cluster.node_groups)])
+
+
+def _node_target(text: str, cluster: ClusterSpec, where: str) -> tuple[tuple[int, ...], str] | None:
+    """A node (`g0n5`) or node pair (`g0n3-g1n0`) as global node indices, None when the text names no node."""
+    names = text.split("-")
+    if not all(re.fullmatch(r"g\d+n\d+", name) for name in names) or len(names) > 2:
+        return None
+    counts = [g.num_nodes for g in cluster.node_groups]
+    nodes = tuple(sorted(node_index(name, counts, where) for name in names))
+    if len(set(nodes)) != len(nodes):
+        raise ParaplanError(f"{where}: link {text!r} names the same node twice")
+    return nodes, "node_link"
 
 
 def _target(text: str, cluster: ClusterSpec, where: str) -> tuple[tuple[int, ...], str]:
@@ -62,6 +79,9 @@ def _target(text: str, cluster: ClusterSpec, where: str) -> tuple[tuple[int, ...
     n = len(cluster.node_groups)
     if text in LEVELS:
         return tuple(range(n)), text
+    node = _node_target(text, cluster, where)
+    if node is not None:
+        return node
     first, dash, second = text.partition("-")
     if dash and all(x.startswith("g") and x[1:].isdigit() and int(x[1:]) < n for x in (first, second)) \
             and first != second:
@@ -121,8 +141,8 @@ def read_trace(source: str | Path, cluster: ClusterSpec) -> list[Segment]:
                 raise ParaplanError(f"{where}: bandwidth must be a number, down or restore, got {raw!r}") from None
             if bw < 0:
                 raise ParaplanError(f"{where}: bandwidth must be >= 0 (0 = down), got {raw}")
-        if level == "between" and bw == 0:
-            raise ParaplanError(f"{where}: the link between two groups cannot be down; take one of the groups "
+        if level in ("between", "node_link") and bw == 0:
+            raise ParaplanError(f"{where}: the link between two groups or nodes cannot be down; take a group "
                                 f"down (gN.inter_node,down) or give a bandwidth")
         changes.append(LinkChange(t, groups, level, bw))
     if not changes:
@@ -137,7 +157,7 @@ def read_trace(source: str | Path, cluster: ClusterSpec) -> list[Segment]:
     for i, t in enumerate(times):
         for c in changes:
             if c.time_s == t:
-                for g in ((c.groups,) if c.level == "between" else c.groups):
+                for g in ((c.groups,) if c.level in ("between", "node_link") else c.groups):
                     if c.bandwidth_gbps is None:
                         state.pop((g, c.level), None)
                     else:
@@ -155,21 +175,48 @@ def apply(cluster: ClusterSpec, segment: Segment) -> tuple[ClusterSpec, tuple[in
     for i, g in enumerate(cluster.node_groups):
         if overrides.get((i, "inter_node")) == 0 or overrides.get((i, "intra_node")) == 0:
             continue
-        inter, intra = g.inter_node, g.intra_node
-        if (i, "inter_node") in overrides:
-            inter = replace(inter, bandwidth_gbps=overrides[(i, "inter_node")])
-        if (i, "intra_node") in overrides:
-            intra = replace(intra, bandwidth_gbps=overrides[(i, "intra_node")])
-        groups.append(NodeGroup(g.gpu, g.num_nodes, g.gpus_per_node, intra, inter))
+        changed = {lv: with_bandwidth(getattr(g, lv), overrides[(i, lv)]) for lv in LEVELS if (i, lv) in overrides}
+        groups.append(replace(g, **changed))
         kept.append(i)
     if not groups:
         raise ParaplanError(f"at {segment.start_s:g} s every node group is cut off by failed links")
     links = []                               # links between kept groups that the file or the trace sets
+    in_file = dict(cluster.extra.get("group_links", ()))
     for a, b in ((a, b) for a in kept for b in kept if a < b):
-        set_in_file = any(pair == (a, b) for pair, _ in cluster.extra.get("group_links", ()))
-        if set_in_file or ((a, b), "between") in overrides:
-            link = link_between(cluster, a, b)
-            if ((a, b), "between") in overrides:
-                link = replace(link, bandwidth_gbps=overrides[((a, b), "between")])
-            links.append(((kept.index(a), kept.index(b)), link))
-    return ClusterSpec(cluster.name, tuple(groups), cluster.source, {"group_links": tuple(links)}), tuple(kept)
+        if ((a, b), "between") in overrides:
+            link = replace(link_between(cluster, a, b), bandwidth_gbps=overrides[((a, b), "between")])
+        elif (a, b) in in_file:
+            link = in_file[(a, b)]           # None (down) stays down: routes are found again without cut groups
+        else:
+            continue
+        links.append(((kept.index(a), kept.index(b)), link))
+    extra = {"group_links": tuple(links), "node_links": _node_links(cluster, overrides, kept)}
+    return ClusterSpec(cluster.name, tuple(groups), cluster.source, extra), tuple(kept)
+
+
+def _node_links(cluster: ClusterSpec, overrides: dict, kept: list[int]) -> tuple[NodeLink, ...]:
+    """The file's node overrides with the trace's on top, renumbered for the groups kept (others dropped)."""
+    by_nodes = {o.nodes: o for o in node_links(cluster)}
+    for (nodes, level), bw in overrides.items():
+        if level == "node_link":
+            old = by_nodes.get(nodes)
+            link = old.link if old else LinkSpec("-".join(map(str, nodes)), bw, _slowest_latency(cluster, nodes))
+            by_nodes[nodes] = NodeLink(nodes, replace(link, bandwidth_gbps=bw), old.names if old else ())
+    starts = first_nodes(cluster)
+    new_starts = first_nodes(ClusterSpec(cluster.name, tuple(cluster.node_groups[i] for i in kept)))
+
+    def renumber(node: int) -> int | None:
+        group = group_of_node(cluster, node)
+        return new_starts[kept.index(group)] + node - starts[group] if group in kept else None
+
+    out = []
+    for o in by_nodes.values():
+        nodes = tuple(renumber(n) for n in o.nodes)
+        if None not in nodes:
+            out.append(NodeLink(nodes, o.link, o.names))
+    return tuple(out)
+
+
+def _slowest_latency(cluster: ClusterSpec, nodes: tuple[int, ...]) -> float:
+    """Latency of a node override a trace adds: the network links' of the nodes' groups."""
+    return max(cluster.node_groups[group_of_node(cluster, n)].inter_node.latency_us for n in nodes)

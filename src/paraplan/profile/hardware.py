@@ -68,7 +68,8 @@ from paraplan.errors import ParaplanError
 from paraplan.specs import ClusterSpec
 from paraplan.specs._input import _check_keys, _int, _mapping, _read_mapping
 from paraplan.specs.cluster import GPUSpec, LinkSpec, NodeGroup
-from paraplan.specs.loaders import _gpu_from_entry, _link_from_dict
+from paraplan.specs.cluster_links import link_from_dict
+from paraplan.specs.loaders import _gpu_from_entry
 
 FORMAT = "paraplan-hardware-profile/1"
 SECTIONS = {"format", "created", "complete", "device", "gpu", "node", "calibration", "curves", "measurements"}
@@ -114,7 +115,7 @@ def load_hardware(path: str | Path) -> HardwareProfile:
         raise ParaplanError(f"{where}: section 'gpu': {exc}") from None
     node = _mapping(data["node"], "node", where)
     _check_keys(node, {"gpus_per_node", *LINK_LEVELS}, f"{where} (node)")
-    links = {level: _link_from_dict(node[level], level, f"{where} (node)")
+    links = {level: link_from_dict(node[level], level, f"{where} (node)")
              for level in LINK_LEVELS if node.get(level) is not None}
     overrides = _calibration_overrides(_mapping(data["calibration"], "calibration", where), where)
     overrides.update(_curves(data.get("curves") or {}, where))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from paraplan.errors import ParaplanError
 
@@ -41,6 +41,11 @@ class LinkSpec:
     # two-tier fabric (inter-node links): nodes under one leaf switch, and the leaf's downlink:uplink ratio
     nodes_per_leaf: int | None = None
     oversubscription: float = 1.0
+    # several physical links at this level (specs.topology.combine_links): this LinkSpec is then their best
+    # usable combination and `parts` every declared link; a link cannot carry traffic while one it names in
+    # `exclusive_with` does (e.g. PCIe peer-to-peer and a NIC behind the same PCIe switch)
+    parts: tuple["LinkSpec", ...] = ()
+    exclusive_with: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.bandwidth_gbps <= 0:
@@ -62,6 +67,17 @@ class LinkSpec:
         if op == "all_to_all":
             return 1.0 / max(1.0, self.oversubscription * (nodes - k) / nodes)
         return min(1.0, k / self.oversubscription)
+
+    def p2p_share(self, stage_nodes: int, nodes: int) -> float:
+        """Share of the NIC bandwidth a pipeline send keeps when every GPU of a stage of `stage_nodes` nodes sends
+        at once to its peer `stage_nodes` nodes further on, in a job of `nodes` nodes. Under one leaf of L nodes
+        (g GPUs each) the senders whose peer sits under another leaf are the last min(s, L) nodes, so
+        min(s, L) * g NICs share the leaf's L * g / oversubscription uplinks: each keeps
+        min(1, L / (oversubscription * min(s, L))), i.e. 1/oversubscription once a stage fills a leaf."""
+        if self.nodes_per_leaf is None or nodes <= self.nodes_per_leaf or self.oversubscription == 1:
+            return 1.0
+        leaf = self.nodes_per_leaf
+        return min(1.0, leaf / (self.oversubscription * min(max(1, stage_nodes), leaf)))
 
 
 @dataclass(frozen=True)
@@ -122,5 +138,5 @@ class ClusterSpec:
         g = self.primary
         nodes = max(1, -(-num_gpus // g.gpus_per_node))
         per_node = min(g.gpus_per_node, num_gpus)
-        return ClusterSpec(self.name, (NodeGroup(g.gpu, nodes, per_node, g.intra_node, g.inter_node),), self.source,
+        return ClusterSpec(self.name, (replace(g, num_nodes=nodes, gpus_per_node=per_node),), self.source,
                            dict(self.extra))

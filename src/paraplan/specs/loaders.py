@@ -52,7 +52,9 @@ Cluster file format (YAML or JSON); bandwidths are GB/s per GPU per direction (b
         inter_node: {name: roce-100, bandwidth_gbps: 12.5, latency_us: 10}
   An inter_node link may describe a two-tier (leaf/spine) fabric: `nodes_per_leaf: 16, oversubscription: 2`
   (downlink:uplink at each leaf); collectives spanning more than one leaf lose bandwidth (LinkSpec.spine_factor).
-See examples/cluster_example.yaml and examples/cluster_leaf_spine.yaml.
+  A level may list several physical links (`exclusive_with:` for those that cannot run at once); `node_links:`
+  overrides a node or node pair, `group_links:` a group pair (`down: true`): specs/cluster_links.py.
+See examples/cluster_example.yaml, cluster_leaf_spine.yaml, cluster_4090_pcie_nic.yaml, cluster_slow_rack.yaml.
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ from paraplan.errors import ParaplanError
 from paraplan.specs._input import (_bool, _catalog, _check_keys, _float, _int, _key, _looks_like_path, _mapping,
                                    _read_catalog_yaml, _read_mapping, _str, _unknown)
 from paraplan.specs.cluster import ClusterSpec, GPUSpec, LinkSpec, NodeGroup
+from paraplan.specs.cluster_links import DEFAULT_LATENCY_US, group_links, level_from_dict, node_links
+from paraplan.specs.topology import check_connected
 from paraplan.specs.hf_config import model_from_hf_config
 from paraplan.specs.model import MLASpec, ModelSpec, MoESpec
 
@@ -308,10 +312,9 @@ def load_model(spec: str) -> ModelSpec:
 
 
 # ---- clusters --------------------------------------------------------------------------------------------------
-_LINK_FIELDS = {"name", "bandwidth_gbps", "bandwidth_gbit", "latency_us", "nvls", "nodes_per_leaf", "oversubscription"}
 _NODE_FIELDS = {"name", "base", "preset", "gpu", "gpus_per_node", "nodes", "num_nodes", "num_gpus", "default_nodes",
-                "intra_node", "inter_node", "source", "node_groups", "group_links"}
-_DEFAULT_LATENCY = {"intra_node": 3.0, "inter_node": 8.0}
+                "intra_node", "inter_node", "source", "node_groups", "group_links", "node_links"}
+_CLUSTER_ONLY = {"node_groups", "group_links", "node_links"}      # keys of the whole cluster, not of a node group
 
 
 @functools.cache
@@ -338,24 +341,6 @@ def _cluster_preset(name: str) -> dict:
     return _lookup(_cluster_catalog(), "cluster", name, "; or NAME:GPUS, or a path to a YAML/JSON cluster file")
 
 
-def _link_from_dict(d: Any, level: str, where: str) -> LinkSpec:
-    d = _mapping(d, level, where)
-    _check_keys(d, _LINK_FIELDS, f"{where} ({level})")
-    if "bandwidth_gbps" in d:
-        bw = _float(d["bandwidth_gbps"], f"{level}.bandwidth_gbps", where)
-    elif "bandwidth_gbit" in d:
-        bw = _float(d["bandwidth_gbit"], f"{level}.bandwidth_gbit", where) / 8
-    else:
-        raise ParaplanError(f"{where}: field '{level}.bandwidth_gbps' is missing (GB/s per GPU per direction)")
-    return LinkSpec(name=_str(d.get("name", level), f"{level}.name", where), bandwidth_gbps=bw,
-                    latency_us=_float(d.get("latency_us", _DEFAULT_LATENCY[level]), f"{level}.latency_us", where,
-                                      positive=False),
-                    nvls=_bool(d.get("nvls", False), f"{level}.nvls", where),
-                    nodes_per_leaf=_int(d["nodes_per_leaf"], f"{level}.nodes_per_leaf", where)
-                    if "nodes_per_leaf" in d else None,
-                    oversubscription=_float(d.get("oversubscription", 1.0), f"{level}.oversubscription", where))
-
-
 def _with_base(data: dict, where: str) -> dict:
     """Apply `base:`/`preset:` (a cluster preset) under the given keys."""
     base = data.get("base", data.get("preset"))
@@ -363,17 +348,19 @@ def _with_base(data: dict, where: str) -> dict:
         return data
     merged = dict(_cluster_preset(_str(base, "base", where)))
     for level in ("intra_node", "inter_node"):   # a partial link mapping overrides only the keys it gives
-        if isinstance(data.get(level), dict):
+        if isinstance(data.get(level), dict) and isinstance(merged.get(level), dict):
             merged[level] = {**merged[level], **data[level]}
             if "bandwidth_gbit" in data[level]:
                 merged[level].pop("bandwidth_gbps", None)
+        elif level in data:                       # a list of links replaces the preset's link
+            merged[level] = data[level]
     merged.update({k: v for k, v in data.items() if k not in ("base", "preset", "intra_node", "inter_node")})
     return merged
 
 
 def _node_group_from_dict(d: dict, where: str, num_gpus: int | None = None) -> NodeGroup:
     d = _with_base(d, where)
-    for req in ("gpu", "gpus_per_node", "intra_node", "inter_node"):
+    for req in ("gpu", "gpus_per_node", "intra_node"):
         if req not in d:
             raise ParaplanError(f"{where}: required field '{req}' is missing")
     try:
@@ -388,26 +375,11 @@ def _node_group_from_dict(d: dict, where: str, num_gpus: int | None = None) -> N
     else:
         raw = d.get("nodes", d.get("num_nodes", d.get("default_nodes", 1)))
         nodes = _int(raw, "nodes" if "nodes" in d else "num_nodes", where)
-    return NodeGroup(gpu, nodes, per_node, _link_from_dict(d["intra_node"], "intra_node", where),
-                     _link_from_dict(d["inter_node"], "inter_node", where))
-
-
-def _group_links(raw: Any, n: int, where: str) -> tuple:
-    """`group_links:` [{groups: [a, b], bandwidth_gbps: ..., latency_us: ...}]: the link between two node groups
-    (a cross-zone or slow-rack path), per GPU per direction, instead of the slower of their network links.
-    Heterogeneous plans (paraplan.hetero) send pipeline traffic over it. Returns ((a, b), LinkSpec) pairs, a < b."""
-    if not isinstance(raw, list):
-        raise ParaplanError(f"{where}: field 'group_links' must be a list of {{groups: [a, b], bandwidth_gbps: ...}}")
-    out = []
-    for k, item in enumerate(raw):
-        lw = f"{where} group_links[{k}]"
-        item = dict(_mapping(item, f"group_links[{k}]", where))
-        pair = item.pop("groups", None)
-        if (not isinstance(pair, list) or len(pair) != 2 or any(isinstance(g, bool) or not isinstance(g, int)
-                                                                 or not 0 <= g < n for g in pair) or pair[0] == pair[1]):
-            raise ParaplanError(f"{lw}: 'groups' must name two different node groups among 0..{n - 1}, got {pair!r}")
-        out.append(((min(pair), max(pair)), _link_from_dict(item, "inter_node", lw)))
-    return tuple(out)
+    if "inter_node" not in d:
+        raise ParaplanError(f"{where}: required field 'inter_node' is missing" + (
+            f"; without it the group's {nodes} nodes are disconnected" if nodes > 1 else ""))
+    return NodeGroup(gpu, nodes, per_node, level_from_dict(d["intra_node"], "intra_node", where),
+                     level_from_dict(d["inter_node"], "inter_node", where))
 
 
 def cluster_from_dict(data: dict, where: str = "cluster", num_gpus: int | None = None,
@@ -424,11 +396,14 @@ def cluster_from_dict(data: dict, where: str = "cluster", num_gpus: int | None =
         groups = []
         for i, g in enumerate(groups_raw):
             gw = f"{where} node_groups[{i}]"
-            _check_keys(_mapping(g, f"node_groups[{i}]", where), _NODE_FIELDS - {"node_groups", "group_links"}, gw)
+            _check_keys(_mapping(g, f"node_groups[{i}]", where), _NODE_FIELDS - _CLUSTER_ONLY, gw)
             groups.append(_node_group_from_dict(g, gw))
         cluster = ClusterSpec(name, tuple(groups), source)
         if "group_links" in data:
-            cluster.extra["group_links"] = _group_links(data["group_links"], len(groups), where)
+            cluster.extra["group_links"] = group_links(data["group_links"], len(groups), where)
+        check_connected(cluster, where)
+        if "node_links" in data:
+            cluster.extra["node_links"] = node_links(data["node_links"], [g.num_nodes for g in groups], where)
         if num_gpus is not None and num_gpus != cluster.num_gpus:
             if not cluster.is_homogeneous:
                 raise ParaplanError(f"{where}: cannot resize a heterogeneous cluster of {cluster.num_gpus} GPUs "
@@ -436,7 +411,14 @@ def cluster_from_dict(data: dict, where: str = "cluster", num_gpus: int | None =
             cluster = cluster.resized(num_gpus)
         return cluster
     data = _with_base(data, where)
-    return ClusterSpec(name, (_node_group_from_dict(data, where, num_gpus),), source or data.get("source", ""))
+    cluster = ClusterSpec(name, (_node_group_from_dict(data, where, num_gpus),), source or data.get("source", ""))
+    if "group_links" in data:
+        raise ParaplanError(f"{where}: field 'group_links' needs node_groups; use node_links for pairs of nodes")
+    if "node_links" in data:            # names are checked against the file's nodes, whatever size a job takes
+        declared = _node_group_from_dict(data, where).num_nodes
+        cluster.extra["node_links"] = node_links(data["node_links"], [max(declared, cluster.node_groups[0].num_nodes)],
+                                                 where)
+    return cluster
 
 
 def load_cluster(spec: str, num_gpus: int | None = None) -> ClusterSpec:
@@ -496,11 +478,11 @@ def cluster_from_links(gpu: str, num_gpus: int, gpus_per_node: int, intra_gbps: 
         raise ParaplanError(f"{where}: no cluster preset for GPU {spec.name}; give both intra_gbps and inter_gbps_bits")
     nvls_gpu = spec.name.split("-")[0].upper() in _NVLS_GPUS
     if preset is not None:
-        intra = _link_from_dict(preset["intra_node"], "intra_node", where)
-        inter = _link_from_dict(preset["inter_node"], "inter_node", where)
+        intra = level_from_dict(preset["intra_node"], "intra_node", where)
+        inter = level_from_dict(preset["inter_node"], "inter_node", where)
     else:
-        intra = LinkSpec("nvlink" if nvls_gpu else "intra-node", 1.0, _DEFAULT_LATENCY["intra_node"], False)
-        inter = LinkSpec("network", 1.0, _DEFAULT_LATENCY["inter_node"], False)
+        intra = LinkSpec("nvlink" if nvls_gpu else "intra-node", 1.0, DEFAULT_LATENCY_US["intra_node"], False)
+        inter = LinkSpec("network", 1.0, DEFAULT_LATENCY_US["inter_node"], False)
     if intra_gbps is not None:
         intra = LinkSpec(intra.name, _float(intra_gbps, "intra_gbps", where), intra.latency_us, nvls_gpu)
     if inter_gbps_bits is not None:
