@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import Optional
 
@@ -63,7 +64,9 @@ class _OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Plan, simulate and validate hybrid-parallel LLM training strategies.")
-console = Console()
+# Piped or redirected output has no terminal width; rich would then cut tables to 80 columns and ellipsise the
+# plans, so it gets room for the widest table instead (COLUMNS, when set, still wins).
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 
 
 def _fail(message: str) -> None:
