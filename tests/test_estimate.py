@@ -150,3 +150,24 @@ def test_default_split_never_leaves_a_stage_empty():
     # ... and an even split, extras in the middle, when it would leave an edge stage none (32 layers, 31 stages)
     split = default_layer_split(32, 31)
     assert sum(split) == 32 and min(split) == 1 and split[15] == 2
+
+
+@pytest.mark.parametrize("framework", ["deepspeed", "megatron-lm"])
+def test_zero2_gradient_reduction_under_accumulation(framework):
+    # 64 sequences over dp=16 in micro-batches of 1: 4 micro-batches per step. DeepSpeed stage 2 reduce-scatters in
+    # every backward (4 scatters of the gradients, none left for the end of the step); Megatron accumulates under
+    # no_sync and reduce-scatters once, exactly as its distributed optimizer (ZeRO-1) does
+    job, c = JobSpec(64, 2048, "bf16", framework), cluster(16)
+    z1 = estimate(GPT, c, job, Strategy(dp=16, zero=1)).time
+    z2 = estimate(GPT, c, job, Strategy(dp=16, zero=2)).time
+    comm = lambda t, k: t.exposed_comm_s.get(k, 0.0) + t.overlapped_comm_s.get(k, 0.0)  # noqa: E731
+    if framework == "deepspeed":
+        # the end of the step keeps ZeRO-1's parameter all-gather (half of its gradient + parameter traffic: both
+        # move 2 B/param) and drops the reduce-scatter; each of the 4 backwards scatters every layer's gradients
+        from paraplan.cost import comm as C
+        layer_scatter = C.collective_time("reduce_scatter", GPT.layer_params(0) * 2, C.place(16, 1, 8),
+                                          c.primary.intra_node, c.primary.inter_node, Calibration())
+        assert comm(z2, "dp") == pytest.approx(comm(z1, "dp") / 2)
+        assert comm(z2, "zero") == pytest.approx(4 * GPT.layers * layer_scatter)
+    else:
+        assert comm(z2, "zero") == 0 and comm(z2, "dp") == pytest.approx(comm(z1, "dp"))

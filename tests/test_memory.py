@@ -6,7 +6,7 @@ Tolerance for measured figures (the issue's rule): |pred - measured| <= 10 % of 
 import pytest
 
 from paraplan.cost import memory as M
-from paraplan.frameworks import conventions_for
+from paraplan.frameworks import ZERO2_REDUCES_EVERY_MICROBATCH, conventions_for
 from paraplan.specs import GPUSpec, JobSpec, ModelSpec, MoESpec, Strategy
 
 GIB = 1024 ** 3
@@ -331,12 +331,25 @@ def test_monotone_in_micro_batch(framework):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_zero_stages_strictly_decrease_states(framework):
-    job = JobSpec(64, 4096, "bf16", framework)
+    job = JobSpec(8, 4096, "bf16", framework)            # one micro-batch per step: no gradient accumulation
     states = []
     for z in (0, 1, 2, 3):
         b = M.memory_per_gpu(LLAMA_8B, job, Strategy(dp=8, zero=z), H100_96)
         states.append(b.weights_gib + b.gradients_gib + b.optimizer_gib)
     assert all(a > b for a, b in zip(states, states[1:]))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_zero2_gradients_under_accumulation(framework):
+    # 8 micro-batches per step. DeepSpeed stage 2 and FSDP reduce-scatter every micro-batch and keep the shard
+    # (grads / 8); Megatron-Core accumulates under no_sync and reduce-scatters once, so its ZeRO-2 holds the full
+    # gradients like ZeRO-1 (frameworks.ZERO2_REDUCES_EVERY_MICROBATCH)
+    job = JobSpec(64, 4096, "bf16", framework)
+    z1, z2 = (M.memory_per_gpu(LLAMA_8B, job, Strategy(dp=8, zero=z), H100_96).gradients_gib for z in (1, 2))
+    if framework in ZERO2_REDUCES_EVERY_MICROBATCH:
+        assert z2 == pytest.approx(z1 / 8)
+    else:
+        assert z2 == pytest.approx(z1)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

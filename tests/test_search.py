@@ -217,3 +217,17 @@ def test_cli_plan_exports_and_reports_the_best_plan(tmp_path):
     assert (tmp_path / "ds").is_dir() and any((tmp_path / "ds").iterdir())
     assert "<svg" in (tmp_path / "report.html").read_text()
 
+
+
+def test_megatron_zero2_under_accumulation_is_zero1():
+    # Megatron accumulates gradients unsharded (no_sync) and reduce-scatters once, so with several micro-batches its
+    # ZeRO-2 is ZeRO-1 and the space keeps only ZeRO-1; FSDP engines shard through accumulation and keep both
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100", 16)
+    for framework, kept in (("megatron-lm", False), ("torchtitan", True)):
+        space = build_space(model, cluster, JobSpec(256, 4096, "bf16", framework))
+        cand = space.candidates
+        accumulating = cand.num_microbatches(256) > 1
+        assert bool(((cand.zero == 2) & accumulating).any()) is kept
+        assert ((cand.zero == 2) & ~accumulating).any()              # one micro-batch: sharding pays either way
+    only_zero2 = build_space(model, cluster, JobSpec(256, 4096, "bf16", "megatron-lm"), {"zero": (2,)})
+    assert len(only_zero2.candidates) > 0                            # kept when ZeRO-1 is not in the space

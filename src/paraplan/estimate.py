@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from paraplan.cost import comm, compute, memory
 from paraplan.cost.calibration import Calibration, calibration_for
 from paraplan.errors import ParaplanError
-from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param
+from paraplan.frameworks import MEGATRON_FAMILY, ZERO2_REDUCES_EVERY_MICROBATCH, grad_reduce_bytes_per_param
 from paraplan.sim.engine import PipelineCosts, peak_inflight, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import MemoryBreakdown, Timeline, TimeBreakdown
@@ -130,17 +130,20 @@ def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int,
     attn_f, attn_b = lt.attention_forward_s, lt.attention_backward_s
     comm_f, comm_b = _layer_comm(model, job, s, cluster, cal, moe_layer, attn_f, attn_b)
     bwd_gpu, bwd_host = lc.gpu_backward_s + rc_gpu, lc.host_backward_s + rc_host
-    if s.zero == 3 and s.dp * s.cp > 1:
+    if s.dp * s.cp > 1 and (s.zero == 3 or (s.zero == 2 and job.framework in ZERO2_REDUCES_EVERY_MICROBATCH)):
         # FSDP/ZeRO-3: gather this layer's parameters in forward and again in backward, prefetched one layer
-        # ahead; reduce-scatter its gradients after its backward. Exposed where the layer is shorter.
+        # ahead; reduce-scatter its gradients after its backward. ZeRO-2 that keeps only its gradient shard
+        # reduce-scatters the same way in every micro-batch, without the gathers. Exposed where the layer is shorter.
         dp_group = comm.gradient_group(s, g.gpus_per_node, overrides=node_links(cluster))
         layer_params = sum(memory.layer_params_on_gpu(model, s, layer_index))
-        gather = comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
+        gather = (comm.collective_time("all_gather", layer_params * 2, dp_group, g.intra_node, g.inter_node, cal)
+                  if s.zero == 3 else 0.0)
         scatter = comm.collective_time("reduce_scatter", layer_params * grad_reduce_bytes_per_param(job.framework, job.precision),
                                        dp_group, g.intra_node, g.inter_node, cal)
         f_exp = max(0.0, gather - lc.forward_s)
         b_exp = max(0.0, gather + scatter - max(bwd_gpu, bwd_host))
-        comm_f["zero"] = (f_exp, gather - f_exp)
+        if gather:
+            comm_f["zero"] = (f_exp, gather - f_exp)
         comm_b["zero"] = (b_exp, gather + scatter - b_exp)
     return (_pass_cost(lc.host_forward_s, lc.gpu_forward_s, comm_f, cal),
             _pass_cost(bwd_host, bwd_gpu, comm_b, cal), rc_gpu)
@@ -152,8 +155,8 @@ def layer_cache_key(s: Strategy, moe_layer: bool, node_overrides: bool = False) 
     With node overrides the job's size (dp, pp) decides which nodes its groups land on, so it counts too."""
     if node_overrides:
         return (s.pp, s.dp, *layer_cache_key(s, moe_layer))
-    dp = s.dp if (s.zero == 3 or s.ep > 1) else 0      # dp places only ZeRO-3 gathers and expert groups
-    return (s.tp, s.cp, dp, s.ep, s.micro_batch, s.sequence_parallel, s.recompute, s.zero == 3, s.tp_comm_overlap,
+    dp = s.dp if (s.zero >= 2 or s.ep > 1) else 0      # dp places only ZeRO-2/3 collectives and expert groups
+    return (s.tp, s.cp, dp, s.ep, s.micro_batch, s.sequence_parallel, s.recompute, max(s.zero, 1), s.tp_comm_overlap,
             moe_layer)
 
 
@@ -280,7 +283,9 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
                 if s.zero == 0:
                     t_grad += comm.collective_time("all_reduce", count * grad_bytes, group, g.intra_node, g.inter_node, cal)
                 else:
-                    t_grad += comm.collective_time("reduce_scatter", count * grad_bytes, group, g.intra_node, g.inter_node, cal)
+                    if not (s.zero == 2 and job.framework in ZERO2_REDUCES_EVERY_MICROBATCH):  # else in each backward
+                        t_grad += comm.collective_time("reduce_scatter", count * grad_bytes, group, g.intra_node,
+                                                       g.inter_node, cal)
                     t_param += comm.collective_time("all_gather", count * 2, group, g.intra_node, g.inter_node, cal)
             if s.overlap_grad_reduce:
                 window = sum(bwd[r])                    # the last micro-batch's backward over this rank's chunks

@@ -169,6 +169,23 @@ def uses_flash_attention(job) -> bool:
     return not (job.precision == "fp16" and job.framework in MEGATRON_FAMILY)
 
 
+# ZeRO-2 under gradient accumulation (m > 1 micro-batches per step). Engines that keep only the gradient shard
+# reduce-scatter in every micro-batch's backward: DeepSpeed stage 2 (DeepSpeed PR #7366: ZeRO-2 "performs allreduce
+# at every iteration even when it is not a gradient accumulation boundary"), torch FSDP2 / torchtitan (a
+# reduce-scatter in each backward unless gradient sync is disabled), MaxText. Megatron-Core's training loop runs
+# every micro-batch but the last under the DDP/FSDP no_sync context, so gradients accumulate unsharded and are
+# reduce-scattered once (its "ZeRO-2", Megatron-FSDP optim_grads, then saves gradient memory only without
+# accumulation); an unnamed engine is taken to do the same (MegaScale describes its ZeRO-2 this way).
+ZERO2_REDUCES_EVERY_MICROBATCH = frozenset({"deepspeed", "megatron-deepspeed", "torchtitan", "maxtext"})
+
+
+def zero2_grads_sharded(framework: str, microbatches):
+    """Whether ZeRO-2 holds only the gradient shard through the step (`microbatches` may be a numpy array)."""
+    if framework in ZERO2_REDUCES_EVERY_MICROBATCH:
+        return microbatches > 0
+    return microbatches <= 1
+
+
 def grad_reduce_bytes_per_param(framework: str, precision: str = "bf16") -> float:
     """Bytes per parameter the DP gradient reduction moves. Megatron keeps fp32 main grads and reduces them in fp32
     (arguments.py: grad_reduce_in_fp32 for bf16), NeMo's fp8 recipes in bf16 (MemoryConventions.fp8_grad_bytes);

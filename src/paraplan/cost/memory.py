@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from paraplan.frameworks import MEGATRON_FAMILY, MemoryConventions, conventions_for, uses_flash_attention
+from paraplan.frameworks import (MEGATRON_FAMILY, MemoryConventions, conventions_for, uses_flash_attention,
+                                 zero2_grads_sharded)
 from paraplan.errors import ParaplanError
 from paraplan.specs.model import ModelSpec
 from paraplan.specs.plan import MemoryBreakdown
@@ -261,17 +262,19 @@ def params_by_rank(model, strategy) -> list[tuple[float, float]]:
     return out
 
 
-def state_bytes_per_param(framework: str, zero, shard, precision: str = "bf16"):
+def state_bytes_per_param(framework: str, zero, shard, precision: str = "bf16", microbatches=1):
     """(weight, gradient, optimizer) bytes per parameter at ZeRO stage `zero` sharded over `shard` ranks.
     Megatron-family bf16/fp16: 2 + 4 (fp32 main grad) + 12 -> 18, distributed optimizer 6 + 12/d
-    (theoretical_memory_usage.py; dist_optimizer.md). ZeRO-2 also shards grads, ZeRO-3 params (ZeRO paper).
+    (theoretical_memory_usage.py; dist_optimizer.md). ZeRO-2 also shards grads (through gradient accumulation only
+    where the engine reduce-scatters every micro-batch: frameworks.zero2_grads_sharded), ZeRO-3 params (ZeRO paper).
     torchtitan/MaxText: fp32 sharded params 4 + grads 4 + Adam 8 = 16/d under FSDP (ZeRO-3).
     `zero` and `shard` may be numpy arrays (the search's memory bound)."""
     conv = conventions_for(framework)
     d = np.maximum(1, shard)
     p = np.where(zero >= 3, conv.param_bytes / d, conv.param_bytes)
     grad = conv.gradient_bytes(precision)
-    g = np.where(zero >= 2, grad / d, grad)
+    sharded = (zero >= 3) | ((zero == 2) & zero2_grads_sharded(framework, microbatches))
+    g = np.where(sharded, grad / d, grad)
     o = np.where(zero >= 1, conv.optimizer_bytes / d, conv.optimizer_bytes)
     if np.ndim(p) == 0:
         return float(p), float(g), float(o)
@@ -294,8 +297,9 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
     capacity = gpu.hbm_gib * (1 - job.memory_headroom)
     shard_dense = s.dp * s.cp                 # Megatron dist-opt and FSDP shard over the dp x cp group
     shard_expert = s.expert_dp
-    wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense, job.precision)
-    we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert, job.precision)
+    m = job.global_batch // (s.dp * s.micro_batch)
+    wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense, job.precision, m)
+    we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert, job.precision, m)
     per = {False: _per_token(model, job, s, False, flash, drop), True: _per_token(model, job, s, True, flash, drop)}
     layers = rank_layers(model, s)
     m = num_microbatches(job, s)

@@ -147,8 +147,9 @@ class Bounds:
     def _memory(self, rows, cand, dense_count, moe_count, params, act_dense, act_moe, conv):
         fw, precision, vpp = self.job.framework, self.job.precision, dense_count.shape[1]
         zero = cand.zero[rows, None]
-        wd, gd, od = memory.state_bytes_per_param(fw, zero, (cand.dp * cand.cp)[rows, None], precision)
-        we, ge, oe = memory.state_bytes_per_param(fw, zero, cand.expert_dp[rows, None], precision)
+        m = cand.num_microbatches(self.job.global_batch)[rows, None]
+        wd, gd, od = memory.state_bytes_per_param(fw, zero, (cand.dp * cand.cp)[rows, None], precision, m)
+        we, ge, oe = memory.state_bytes_per_param(fw, zero, cand.expert_dp[rows, None], precision, m)
         dense_p, expert_p = params[None, :, 0], params[None, :, 1]
         states = dense_p * (wd + gd + od) + expert_p * (we + ge + oe)
         if self.job.precision == "fp8":

@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from paraplan.errors import ParaplanError
-from paraplan.frameworks import strategy_defaults
+from paraplan.frameworks import strategy_defaults, zero2_grads_sharded
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Strategy
 from paraplan.specs.strategy import ALIASES, RECOMPUTE_MODES, RULES, ZERO_STAGES
 
@@ -182,8 +182,12 @@ def build_space(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, allowed: d
         too_many = (cand.num_microbatches(job.global_batch) > max_microbatches) & keep
         invalid["simulation_limit"] = int(too_many.sum())
         keep &= ~too_many
-    # a tp=1 candidate is the same strategy with SP on or off: keep SP off only
+    # a tp=1 candidate is the same strategy with SP on or off: keep SP off only; where the engine accumulates
+    # gradients unsharded (frameworks.zero2_grads_sharded), ZeRO-2 with several micro-batches is ZeRO-1 (kept when
+    # ZeRO-1 is not in the space)
     dup = (cand.tp == 1) & cand.sequence_parallel & keep
+    if 1 in values["zero"]:
+        dup |= (cand.zero == 2) & ~zero2_grads_sharded(job.framework, cand.num_microbatches(job.global_batch)) & keep
     invalid["duplicate"] = int(dup.sum())
     keep &= ~dup
     return Space(cand.take(np.flatnonzero(keep)), size, invalid)
