@@ -180,7 +180,24 @@ def test_process_executor_gives_the_serial_answer(monkeypatch):
     serial = search_hetero(model, cluster, job, top_k=2, executor="serial")
     parallel = search_hetero(model, cluster, job, top_k=2, executor="process", workers=2)
     assert serial.indices == parallel.indices and parallel.stats.executor == "process"
-    assert parallel.stats.simulated > serial.stats.simulated     # the workers started without a threshold
+    assert parallel.stats.workers == 2 and parallel.stats.candidates >= serial.stats.candidates
+
+
+def test_shared_threshold_prunes_and_is_published():
+    # branch_and_bound reads the best k-th time other processes found from `shared` and publishes its own
+    import multiprocessing
+    from paraplan.hetero import space as hspace
+    from paraplan.hetero.estimate import HeteroContext
+    from paraplan.hetero.search import branch_and_bound
+    model, cluster, job = SMALL, mixed(8, 4), JobSpec(global_batch=32, seq_len=512)
+    ctx, opts = HeteroContext(model, cluster, job), SpaceOptions()
+    bounds, structs, _ = hspace.build(ctx, opts)
+    items = sorted(((i, structs[i], float(bounds[i])) for i in range(len(structs))), key=lambda x: (x[2], x[0]))
+    shared = multiprocessing.Value("d", float("inf"))
+    best, counts, _ = branch_and_bound(ctx, items, float("inf"), 2, opts, shared=shared)
+    assert shared.value == best[-1][0]                           # published: the second best time found
+    tight = multiprocessing.Value("d", items[0][2] * 0.5)         # below every structure's bound
+    assert branch_and_bound(ctx, items, float("inf"), 2, opts, shared=tight)[0] == []
 
 
 def test_more_bandwidth_is_never_slower():

@@ -11,6 +11,7 @@ A balanced split whose stages do not fit is re-balanced with lower memory caps f
 from __future__ import annotations
 
 import heapq
+import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -142,14 +143,16 @@ def evaluate_candidate(ctx: HeteroContext, c: Candidate, threshold: float = np.i
 
 # ---- branch and bound ------------------------------------------------------------------------------------------
 def branch_and_bound(ctx: HeteroContext, items, threshold: float, top_k: int, opts: space.SpaceOptions,
-                     exhaustive: bool = False):
+                     exhaustive: bool = False, shared=None):
     """The `top_k` fastest plans of some structures (items: (position, Structure, bound), by increasing bound)
     among those whose time is at most `threshold`, as (time, index, estimate), best first; the counts
     (expanded, simulated, out of memory, plan bound); and how many structures were taken.
 
     Three levels, each bounded from below: structures (space.build), a structure's group orders (m x the slowest
     stage of its balanced split, which no split of that order beats), and plans (plan_bound). An entry is opened
-    only while its bound is at most the k-th best time found, so the result equals evaluating everything."""
+    only while its bound is at most the k-th best time found, so the result equals evaluating everything.
+    `shared`: a multiprocessing.Value the worker processes of one search keep their best k-th time in; each
+    process's k-th best is at least the final one, so taking the smallest prunes nothing the final top k needs."""
     best: list = []
     heap: list = []
     pos = expanded = simulated = oom = bounded = 0
@@ -158,7 +161,8 @@ def branch_and_bound(ctx: HeteroContext, items, threshold: float, top_k: int, op
     def limit():
         if exhaustive:
             return np.inf
-        return min(threshold, best[-1][0] if len(best) >= top_k else np.inf)
+        known = threshold if shared is None else min(threshold, shared.value)
+        return min(known, best[-1][0] if len(best) >= top_k else np.inf)
 
     while True:
         lim = limit()
@@ -206,22 +210,29 @@ def branch_and_bound(ctx: HeteroContext, items, threshold: float, top_k: int, op
         else:
             simulated += 1
             best = sorted(best + [(est.iteration_time_s, c.index, est)], key=lambda x: (x[0], x[1]))[:top_k]
+            if shared is not None and len(best) >= top_k:
+                _publish(shared, best[-1][0])
     return best, (expanded, simulated, oom, bounded), pos
+
+
+def _publish(shared, kth_time: float) -> None:
+    with shared.get_lock():
+        shared.value = min(shared.value, kth_time)
 
 
 # ---- executors: serial, or chunks of structures on local processes ---------------------------------------------
 _context: dict = {}
 
 
-def _init(model, cluster, job, caches=None, layer_times=None) -> None:
+def _init(model, cluster, job, caches=None, layer_times=None, shared=None) -> None:
     ctx = HeteroContext(model, cluster, job)
     ctx.caches.update(caches or {})
     ctx.layer_times.update(layer_times or {})
-    _context["ctx"] = ctx
+    _context["ctx"], _context["shared"] = ctx, shared
 
 
 def _chunk(items, threshold, top_k, opts):
-    return branch_and_bound(_context["ctx"], items, threshold, top_k, opts)
+    return branch_and_bound(_context["ctx"], items, threshold, top_k, opts, shared=_context.get("shared"))
 
 
 def _parallel(ctx: HeteroContext, items, opts, top_k: int, workers: int):
@@ -234,13 +245,17 @@ def _parallel(ctx: HeteroContext, items, opts, top_k: int, workers: int):
     counts = list(first)
     pos = lead
 
+    shared = multiprocessing.Value("d", np.inf)     # the best k-th time any process has found so far
+
     def limit():
-        return best[-1][0] if len(best) >= top_k else np.inf
+        if len(best) >= top_k:
+            _publish(shared, best[-1][0])
+        return shared.value
 
     if pos >= len(items) or items[pos][2] > limit():
         return best, tuple(counts), min(pos, len(items))
     with ProcessPoolExecutor(workers, initializer=_init,     # workers start with this process's warm caches
-                             initargs=(ctx.model, ctx.cluster, ctx.job, ctx.caches, ctx.layer_times)) as ex:
+                             initargs=(ctx.model, ctx.cluster, ctx.job, ctx.caches, ctx.layer_times, shared)) as ex:
         pending: set = set()
         while True:
             while len(pending) < 2 * workers and pos < len(items) and items[pos][2] <= limit():
