@@ -182,7 +182,7 @@ ZERO2_REDUCES_EVERY_MICROBATCH = frozenset({"deepspeed", "megatron-deepspeed", "
 def zero2_grads_sharded(framework: str, microbatches):
     """Whether ZeRO-2 holds only the gradient shard through the step (`microbatches` may be a numpy array)."""
     if framework in ZERO2_REDUCES_EVERY_MICROBATCH:
-        return microbatches > 0
+        return microbatches >= 0                         # always (the comparison keeps an array's shape)
     return microbatches <= 1
 
 

@@ -297,12 +297,11 @@ def memory_by_rank(model, job, strategy, gpu, inflight_microbatches: list[int] |
     capacity = gpu.hbm_gib * (1 - job.memory_headroom)
     shard_dense = s.dp * s.cp                 # Megatron dist-opt and FSDP shard over the dp x cp group
     shard_expert = s.expert_dp
-    m = job.global_batch // (s.dp * s.micro_batch)
+    m = num_microbatches(job, s)
     wd, gd, od = state_bytes_per_param(job.framework, s.zero, shard_dense, job.precision, m)
     we, ge, oe = state_bytes_per_param(job.framework, s.zero, shard_expert, job.precision, m)
     per = {False: _per_token(model, job, s, False, flash, drop), True: _per_token(model, job, s, True, flash, drop)}
     layers = rank_layers(model, s)
-    m = num_microbatches(job, s)
     torch_pp = conv.torch_pipelining and s.pp > 1
     fp8_gather = job.precision == "fp8" and conv.fp8_param_all_gather
     boundary = tokens * 2 * model.hidden / tsp          # one micro-batch's stage input/output (bf16)

@@ -165,12 +165,12 @@ def case_from_row(row: dict) -> RunCase:
     gpu = (row.get("gpu") or "").strip()
     if not gpu:
         raise ParaplanError(f"row {rid!r}: column gpu is empty; a GPU name is required (see `paraplan presets`)")
-    per_node = _int(row, "gpus_per_node", 8)
-    if num_gpus > per_node and num_gpus % per_node:
+    node_size = per_node = _int(row, "gpus_per_node", 8)
+    if num_gpus > node_size and num_gpus % node_size:
         # a job on part of each node (256 GPUs on 72-GPU NVL72 racks runs 64 per rack): the most per node that
         # fills whole nodes evenly
-        per_node = max(d for d in range(1, per_node + 1) if num_gpus % d == 0)
-        assumed.append(f"{per_node} GPUs used per node of {_int(row, 'gpus_per_node')} ({num_gpus} GPUs)")
+        per_node = max(d for d in range(1, node_size + 1) if num_gpus % d == 0)
+        assumed.append(f"{per_node} GPUs used per node of {node_size} ({num_gpus} GPUs)")
     cluster = cluster_from_links(gpu, num_gpus, per_node, _float(row, "intra_node_GBps"), _float(row, "inter_node_Gbps"))
     return RunCase(id=rid, source=row.get("source", ""), model=model, cluster=cluster, job=job, strategy=strategy,
                    measured_iter_time_s=_float(row, "measured_iter_time_s"), assumptions=assumed)
