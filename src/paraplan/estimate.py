@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from paraplan.cost import comm, compute, memory
 from paraplan.cost.calibration import Calibration, calibration_for
 from paraplan.errors import ParaplanError
-from paraplan.frameworks import MEGATRON_FAMILY, ZERO2_REDUCES_EVERY_MICROBATCH, grad_reduce_bytes_per_param
+from paraplan.frameworks import MEGATRON_FAMILY, grad_reduce_bytes_per_param, reduces_in_backward
 from paraplan.sim.engine import PipelineCosts, peak_inflight, simulate_pipeline
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, Plan, Strategy
 from paraplan.specs.plan import MemoryBreakdown, Timeline, TimeBreakdown
@@ -130,7 +130,7 @@ def layer_passes(model, job, s: Strategy, cluster, cal, layer_index: int,
     attn_f, attn_b = lt.attention_forward_s, lt.attention_backward_s
     comm_f, comm_b = _layer_comm(model, job, s, cluster, cal, moe_layer, attn_f, attn_b)
     bwd_gpu, bwd_host = lc.gpu_backward_s + rc_gpu, lc.host_backward_s + rc_host
-    if s.dp * s.cp > 1 and (s.zero == 3 or (s.zero == 2 and job.framework in ZERO2_REDUCES_EVERY_MICROBATCH)):
+    if s.dp * s.cp > 1 and reduces_in_backward(s.zero, job.framework):
         # FSDP/ZeRO-3: gather this layer's parameters in forward and again in backward, prefetched one layer
         # ahead; reduce-scatter its gradients after its backward. ZeRO-2 that keeps only its gradient shard
         # reduce-scatters the same way in every micro-batch, without the gathers. Exposed where the layer is shorter.
@@ -283,7 +283,7 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
                 if s.zero == 0:
                     t_grad += comm.collective_time("all_reduce", count * grad_bytes, group, g.intra_node, g.inter_node, cal)
                 else:
-                    if not (s.zero == 2 and job.framework in ZERO2_REDUCES_EVERY_MICROBATCH):  # else in each backward
+                    if not reduces_in_backward(s.zero, job.framework):   # else in each backward
                         t_grad += comm.collective_time("reduce_scatter", count * grad_bytes, group, g.intra_node,
                                                        g.inter_node, cal)
                     t_param += comm.collective_time("all_gather", count * 2, group, g.intra_node, g.inter_node, cal)

@@ -179,6 +179,12 @@ def uses_flash_attention(job) -> bool:
 ZERO2_REDUCES_EVERY_MICROBATCH = frozenset({"deepspeed", "megatron-deepspeed", "torchtitan", "maxtext"})
 
 
+def reduces_in_backward(zero: int, framework: str) -> bool:
+    """Whether gradients are reduce-scattered layer by layer in every backward (ZeRO-3, and ZeRO-2 on the engines
+    above) rather than once after the last micro-batch."""
+    return zero == 3 or (zero == 2 and framework in ZERO2_REDUCES_EVERY_MICROBATCH)
+
+
 def zero2_grads_sharded(framework: str, microbatches):
     """Whether ZeRO-2 holds only the gradient shard through the step (`microbatches` may be a numpy array)."""
     if framework in ZERO2_REDUCES_EVERY_MICROBATCH:

@@ -56,19 +56,15 @@ def place(size: int, stride: int, gpus_per_node: int, overrides: tuple[NodeLink,
     return Group(size, per_node, nodes, cap, bool(overrides))
 
 
-def _world(strategy: Strategy) -> int:
-    return strategy.tp * strategy.cp * strategy.dp * strategy.pp
-
-
 def group_of(dim: str, strategy: Strategy, gpus_per_node: int, overrides: tuple[NodeLink, ...] = ()) -> Group:
     """Placement of the `dim` group ("tp", "cp", "ep", "dp", "pp")."""
     if dim == "ep":
         # expert-parallel ranks are consecutive after expert TP (Megatron expert grid etp-ep-edp)
-        return place(strategy.ep, strategy.expert_tp, gpus_per_node, overrides, _world(strategy), every_pair=True)
+        return place(strategy.ep, strategy.expert_tp, gpus_per_node, overrides, strategy.world_size, every_pair=True)
     stride = 1
     for inner in RANK_ORDER[:RANK_ORDER.index(dim)]:
         stride *= getattr(strategy, inner)
-    return place(getattr(strategy, dim), stride, gpus_per_node, overrides, _world(strategy))
+    return place(getattr(strategy, dim), stride, gpus_per_node, overrides, strategy.world_size)
 
 
 def gradient_group(strategy: Strategy, gpus_per_node: int, experts: bool = False,
@@ -77,8 +73,8 @@ def gradient_group(strategy: Strategy, gpus_per_node: int, experts: bool = False
     expert weights the expert-data-parallel ranks after expert TP x EP."""
     if experts:
         return place(strategy.expert_dp, strategy.ep * strategy.expert_tp, gpus_per_node, overrides,
-                     _world(strategy))
-    return place(strategy.dp * strategy.cp, strategy.tp, gpus_per_node, overrides, _world(strategy))
+                     strategy.world_size)
+    return place(strategy.dp * strategy.cp, strategy.tp, gpus_per_node, overrides, strategy.world_size)
 
 
 BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
@@ -240,7 +236,7 @@ def pp_send(strategy: Strategy, gpus_per_node: int, inter: LinkSpec,
     """(NIC share, override cap) of the pipeline sends of a job packed from node 0: stage i's S = tp*cp*dp ranks
     send rank r -> r + S, all at once; a stage spans ceil(S / g) nodes of the job's ceil(world / g)."""
     stage = strategy.tp * strategy.cp * strategy.dp
-    share = inter.p2p_share(-(-stage // gpus_per_node), -(-_world(strategy) // gpus_per_node))
+    share = inter.p2p_share(-(-stage // gpus_per_node), -(-strategy.world_size // gpus_per_node))
     cap = None
     if overrides and strategy.pp > 1:
         cap = sends_bottleneck(frozenset((r // gpus_per_node, (r + stage) // gpus_per_node)
