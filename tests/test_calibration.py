@@ -1,20 +1,42 @@
 """Calibration lookup: GPU <- inherited sibling x measured hardware ratio <- framework <- overrides."""
 import pytest
 
-from paraplan.cost.calibration import calibration_for
+from paraplan.cost.calibration import builtin_gemm_table, calibration_for
 
 
 def test_a_gpu_without_runs_inherits_and_scales_by_the_mamf_ratio():
     h100 = calibration_for("H100-SXM5-80GB", "nemo")
     for gpu in ("B200-SXM-180GB", "GB200", "GB300"):
         cal = calibration_for(gpu, "nemo")
-        # MAMF over peak, BF16: B200 77.6 %, H100 80.3 % (stas00 ml-engineering, perf_models.md 3.2.2)
-        assert cal.gemm_efficiency == pytest.approx(h100.gemm_efficiency * 0.966)
         # FP8 over BF16 MAMF: B200 3432/1745, H100 1402.6/794.5 -> x 1.114
         assert cal.fp8_gemm_speedup == pytest.approx(h100.fp8_gemm_speedup * 1.114)
         assert cal.attention_efficiency == h100.attention_efficiency        # inherited unscaled
         assert cal.layer_host_s == h100.layer_host_s                        # the framework's, not the GPU's
-    assert calibration_for("MI300X", "megatron-lm").gemm_efficiency == pytest.approx(h100.gemm_efficiency * 0.64)
+        # its own architecture's measured GEMMs, not the H100's it inherits from
+        assert cal.gemm_measured == builtin_gemm_table("sm_100") and cal.gemm_reference_gpu == "B200-SXM-180GB"
+    assert calibration_for("MI300X", "megatron-lm").gemm_measured == builtin_gemm_table("gfx942")
+    assert calibration_for("H200-SXM-141GB", "nemo").gemm_measured == builtin_gemm_table("sm_90")
+    assert calibration_for("A100-SXM4-80GB", "megatron-deepspeed").gemm_measured == ()   # no table: analytic
+
+
+def test_builtin_gemm_table_reads_xla_rows_and_folds_the_batch_into_rows():
+    """Values from catalog/measured/xla_matmul.csv (XLA's measured matmul table, sm_90 = H100): a shape only the
+    b = 1 grid reaches is its b = 1 entry; 16,384 rows exist only as 4 x 4,096; 2,048 x 4,096 x 4,096 was measured
+    as b=1 m=2048, b=2 m=1024 and b=4 m=512 and keeps the geometric mean."""
+    rows = {(m, n, k): t for _, m, n, k, t in builtin_gemm_table("sm_90")}
+    assert rows[(256, 2048, 4096)] == 296.286
+    assert rows[(16384, 4096, 4096)] == 788.699
+    assert rows[(2048, 4096, 4096)] == pytest.approx((752.315 * 742.688 * 724.156) ** (1 / 3))
+    assert len(rows) == 7 * 5 * 5          # m x b covers 256 ... 16,384; n and k 256 ... 4,096
+    assert all(p == "bf16" for p, *_ in builtin_gemm_table("sm_100"))
+
+
+def test_a_profile_replaces_the_builtin_table_and_an_unknown_table_is_refused():
+    mine = (("bf16", 4096, 4096, 4096, 500.0),)
+    cal = calibration_for("H100-SXM5-80GB", "nemo", overrides={"gemm_measured": mine})
+    assert cal.gemm_measured == mine and cal.gemm_reference_gpu == ""   # measured on the GPU it describes
+    with pytest.raises(ValueError, match="gemm_table 'sm_75'"):
+        calibration_for("X", "other", catalog={"gpus": {"X": {"gemm_table": "sm_75"}}})
 
 
 def test_scale_applies_to_defaults_when_nothing_is_inherited():

@@ -107,3 +107,20 @@ def test_unfused_softmax_fallback_costs_more_kernels():
     fused = [op.name for op in layer_ops(small, job, Strategy(tp=1))]
     fallback = [op.name for op in layer_ops(small, job, Strategy(tp=8))]
     assert "softmax_mask" not in fused and "softmax_mask" in fallback
+
+def test_gemm_time_on_a_measured_shape_is_the_measured_rate_scaled_to_the_part():
+    """XLA's sm_90 table measures 256 x 2048 x 4096 at 296.286 TFLOP/s and sm_100 at 394.106 (catalog/measured/
+    xla_matmul.csv, b = 1). The table's own part runs at that rate; a power-capped H100 at clock_scale 0.92 of it;
+    a GB200 at 2,500/2,250 of the HGX B200's (its 1,200 W dense BF16 peak over the 1,000 W part's)."""
+    from paraplan.cost.calibration import calibration_for
+    from paraplan.specs.loaders import load_gpu
+
+    def rate(gpu_name):
+        gpu = load_gpu(gpu_name)
+        cal = calibration_for(gpu.name, "nemo").with_(kernel_floor_s=0.0)
+        return 2 * 256 * 2048 * 4096 / gemm_time(256, 2048, 4096, gpu, cal, "bf16") / 1e12
+
+    assert rate("H100-SXM5-80GB") == pytest.approx(296.286, rel=1e-9)
+    assert rate("H100-96GB-HBM2e") == pytest.approx(296.286 * 0.92, rel=1e-9)
+    assert rate("B200-SXM-180GB") == pytest.approx(394.106, rel=1e-9)
+    assert rate("GB200") == pytest.approx(394.106 * 2500 / 2250, rel=1e-9)

@@ -5,11 +5,16 @@ Nothing here is per model or per run: a constant describes a GPU type or a train
 """
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import math
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 
 import yaml
+
+from paraplan.cost.measured import Table
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Calibration:
     iteration_overhead_s: float = 0.0      # per optimizer step (logging, loss reduce, grad-norm, clipping)
     # --- measured curves (a `paraplan profile` hardware file; empty = the analytic model alone) ---
     gemm_measured: tuple = ()              # ((precision, m, n, k, achieved TFLOP/s), ...): cost/measured.py
+    gemm_reference_gpu: str = ""           # the GPU gemm_measured was taken on, when not this one (a built-in table:
+                                           # its rates scale by this GPU's peak x clock_scale over the reference's)
     comm_measured: tuple = ()              # ((op, group size, nodes, bytes, seconds), ...): cost/measured.py
 
     def with_(self, **changes) -> "Calibration":
@@ -59,6 +66,29 @@ _FIELDS = {f.name for f in fields(Calibration)}
 def _catalog() -> dict:
     text = resources.files("paraplan").joinpath("catalog", "calibration.yaml").read_text()
     return yaml.safe_load(text) or {}
+
+
+# XLA's measured matmul table (catalog/measured/README.md): architecture -> the part it is taken to be measured on
+# (the table names only the architecture; sm_90's 780 TFLOP/s at 4096^3 matches H100 SXM's MAMF of 794.5)
+XLA_TABLE_REFERENCE = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200-SXM-180GB", "gfx942": "MI300X"}
+
+
+@functools.cache
+def builtin_gemm_table(arch: str) -> Table:
+    """The bf16 rows of XLA's measured matmul table for `arch`, as cost/measured.py rows (precision, m, n, k,
+    TFLOP/s). A batch of b products of m x k by k x n is read as one m*b x k by k x n product (the same tiles to
+    schedule, the batch counted as tiles as in compute.tile_efficiency), which carries the table from m = 4,096 to
+    the 16,384 rows of a training GEMM; shapes measured both ways keep the geometric mean of their rates."""
+    if arch not in XLA_TABLE_REFERENCE:
+        raise ValueError(f"calibration.yaml names gemm_table {arch!r}; known: {sorted(XLA_TABLE_REFERENCE)}")
+    text = resources.files("paraplan").joinpath("catalog", "measured", "xla_matmul.csv").read_text()
+    rates: dict[tuple[int, int, int], list[float]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        if row["arch"] == arch and row["dtype"] == "bf16xbf16->bf16":
+            shape = (int(row["b"]) * int(row["m"]), int(row["n"]), int(row["k"]))
+            rates.setdefault(shape, []).append(float(row["tflops"]))
+    return Table(("bf16", *shape, r[0] if len(r) == 1 else math.exp(sum(map(math.log, r)) / len(r)))
+                 for shape, r in sorted(rates.items()))
 
 
 def calibration_for(gpu_name: str, framework: str, overrides: dict | None = None,
@@ -77,7 +107,10 @@ def calibration_for(gpu_name: str, framework: str, overrides: dict | None = None
     values.update(entry)
     values.update(catalog.get("frameworks", {}).get("default", {}))
     values.update(catalog.get("frameworks", {}).get(framework, {}))
+    table = values.pop("gemm_table", None)
     values.update(overrides or {})
+    if table and not values.get("gemm_measured"):       # a user's own profile replaces the built-in table
+        values.update(gemm_measured=builtin_gemm_table(table), gemm_reference_gpu=XLA_TABLE_REFERENCE[table])
     unknown = set(values) - _FIELDS
     if unknown:
         raise ValueError(f"calibration.yaml has unknown keys {sorted(unknown)}")

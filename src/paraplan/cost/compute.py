@@ -19,6 +19,7 @@ from paraplan.cost import measured
 from paraplan.cost.calibration import Calibration
 from paraplan.frameworks import MEGATRON_FAMILY, uses_flash_attention
 from paraplan.specs import GPUSpec, JobSpec, ModelSpec, Strategy
+from paraplan.specs.loaders import load_gpu
 
 
 FLOP_FORMULA = ("model FLOPs per iteration = 6*tokens*(active layer params + vocab*hidden) "
@@ -105,7 +106,18 @@ def gemm_efficiency(m: int, n: int, k: int, gpu: GPUSpec, cal: Calibration, batc
 def _measured_gemm_correction(gpu: GPUSpec, cal: Calibration, precision: str, m: int, n: int, k: int) -> float:
     rows, table_precision = measured.gemm_rows(cal.gemm_measured, precision)
     peak = _gemm_peak_tflops(gpu, cal, table_precision)
-    return measured.gemm_correction(rows, m, n, k, lambda mm, nn, kk: peak * gemm_efficiency(mm, nn, kk, gpu, cal))
+    correction = measured.gemm_correction(rows, m, n, k, lambda mm, nn, kk: peak * gemm_efficiency(mm, nn, kk, gpu, cal))
+    return correction * _reference_scale(gpu, cal)
+
+
+@functools.cache
+def _reference_scale(gpu: GPUSpec, cal: Calibration) -> float:
+    """A table measured on another part of the same architecture (calibration.builtin_gemm_table) runs at this
+    GPU's peak x clock_scale over the reference's peak: GB200 at 1,200 W is 2,500/2,250 of an HGX B200, a
+    power-capped H100 0.92 of an H100 SXM."""
+    if not cal.gemm_reference_gpu or cal.gemm_reference_gpu == gpu.name:
+        return 1.0
+    return gpu.peak("bf16") * cal.clock_scale / load_gpu(cal.gemm_reference_gpu).peak("bf16")
 
 
 def mem_time(nbytes, gpu: GPUSpec, cal: Calibration):

@@ -17,6 +17,8 @@ import functools
 import math
 from typing import Callable
 
+import numpy as np
+
 _NEAREST = 4          # measured shapes that inform one query
 _PRECISION_FALLBACK = {"fp16": ("bf16",), "bf16": ("fp16",), "fp8": ("bf16", "fp16")}
 
@@ -53,21 +55,26 @@ def gemm_correction(rows: tuple, m: int, n: int, k: int, analytic_tflops: Callab
     """Factor on the analytic efficiency at (m, n, k): interpolated log(measured / analytic) of the measured rows."""
     if not rows:
         return 1.0
-    logs = [(math.log2(r[0]), math.log2(r[1]), math.log2(r[2])) for r in rows]
-    lo = [min(p[i] for p in logs) for i in range(3)]
-    hi = [max(p[i] for p in logs) for i in range(3)]
-    q = [min(max(math.log2(v), lo[i]), hi[i]) for i, v in enumerate((m, n, k))]
-    ranked = sorted((math.dist(q, p), i) for i, p in enumerate(logs))[:_NEAREST]
+    points, lo, hi = _log_points(rows)
+    q = np.clip(np.log2([m, n, k]), lo, hi)
+    dist = np.sqrt(((points - q) ** 2).sum(axis=1))
     num = den = 0.0
-    for d, i in ranked:
+    for i in np.argsort(dist, kind="stable")[:_NEAREST]:
         mm, nn, kk, tflops = rows[i]
         log_ratio = math.log(tflops / analytic_tflops(mm, nn, kk))
-        if d < 1e-9:
+        if dist[i] < 1e-9:
             return math.exp(log_ratio)
-        w = 1.0 / (d * d)
+        w = 1.0 / (dist[i] * dist[i])
         num += w * log_ratio
         den += w
     return math.exp(num / den)
+
+
+@functools.lru_cache(maxsize=64)
+def _log_points(rows: tuple) -> tuple:
+    """log2 (m, n, k) of the measured rows and the box they span (a search asks thousands of shapes of one table)."""
+    points = np.log2(np.array([r[:3] for r in rows], dtype=float))
+    return points, points.min(axis=0), points.max(axis=0)
 
 
 @functools.lru_cache(maxsize=64)
