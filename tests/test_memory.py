@@ -76,6 +76,23 @@ def test_llama_style_no_dropout_gated_gqa():
     assert M.activation_bytes_per_layer(LLAMA_8B, job, Strategy()) == pytest.approx(per_token * 8192, rel=1e-12)
 
 
+def test_fp8_with_transformer_engine_keeps_gemm_inputs_in_fp8():
+    # TE _Linear.forward saves the fp8 cast of its input for wgrad (module/linear.py: saved_inputmat_t = inputmat_t
+    # when fp8). From the bf16 derivation above: QKV input 2h -> h, fc1 input 2h -> h, fc2 input (the SwiGLU product,
+    # 2f of the 6f) -> f, and the out-proj adds its fp8 copy q beside flash attention's bf16 output:
+    # per token -h - h - f + q.
+    h, q, kv, a, f = 4096, 4096, 1024, 32, 14336
+    bf16 = 4 * h + 2 * h + 2 * q + 4 * kv + 2 * q + 4 * a + 2 * h + 6 * f
+    fp8 = bf16 - h - h - f + q
+    for framework in ("megatron-lm", "nemo"):
+        job = JobSpec(8, 8192, "fp8", framework)
+        assert M.activation_bytes_per_layer(LLAMA_8B, job, Strategy()) == pytest.approx(fp8 * 8192, rel=1e-12)
+    # torchtitan's Float8Linear is not Transformer Engine: counted in bf16 as before
+    titan = Strategy(zero=3)
+    assert (M.activation_bytes_per_layer(LLAMA_8B, JobSpec(8, 8192, "fp8", "torchtitan"), titan)
+            == M.activation_bytes_per_layer(LLAMA_8B, JobSpec(8, 8192, "bf16", "torchtitan"), titan))
+
+
 def test_moe_layer_scales_with_top_k():
     # Routed part per token = top_k (4h + 6 f_e / t) (formula in memory.py docstring): +1 top_k adds 4h + 6 f_e.
     moe = LLAMA_8B.with_(moe=MoESpec(num_experts=8, top_k=2, expert_ffn=14336))

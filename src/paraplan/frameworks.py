@@ -99,6 +99,8 @@ class MemoryConventions:
     cp_all_gather_kv: bool = False        # context parallel all-gathers K/V over the CP group per layer
     torch_pipelining: bool = False        # PP via torch.distributed.pipelining (stage.py conventions)
     fp8_grad_bytes: float | None = None   # gradient bytes/param when training in fp8, if not grad_bytes
+    fp8_saves_gemm_inputs: bool = False   # Transformer Engine in fp8 keeps each Linear's input for wgrad as its
+    #                                       fp8 cast (1 B), not the bf16 tensor
 
     def gradient_bytes(self, precision: str) -> float:
         return self.fp8_grad_bytes if precision == "fp8" and self.fp8_grad_bytes is not None else self.grad_bytes
@@ -109,9 +111,12 @@ class MemoryConventions:
 # (megatron/core/tensor_parallel/cross_entropy.py). Overhead: ~0.5 GiB CUDA context (PyTorch PR #86509) +
 # ~1 GiB NCCL buffers with several process groups + TE/cuBLAS workspaces; Megatron's own 1.05 factor on
 # activations plus allocator slack -> 10 % (perf_models.md 3.5.3).
+# fp8 runs use Transformer Engine, whose _Linear.forward saves `inputmat_t` / `inputmat`, the fp8 cast of the
+# GEMM input, for the weight gradient (module/linear.py, `if fp8 and not ...override_linear_precision.wgrad`).
 _MEGATRON = MemoryConventions(flash_attention=True, fused_swiglu=True, selective_style="megatron",
                               param_bytes=2, grad_bytes=4, optimizer_bytes=12, ce_bytes_per_logit=6,
-                              always_sp_with_tp=False, overhead_fixed_gib=2.0, overhead_fraction=0.10)
+                              always_sp_with_tp=False, overhead_fixed_gib=2.0, overhead_fraction=0.10,
+                              fp8_saves_gemm_inputs=True)
 
 FRAMEWORK_MEMORY: dict[str, MemoryConventions] = {
     "megatron-lm": _MEGATRON,

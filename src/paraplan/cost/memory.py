@@ -22,7 +22,10 @@ MoE layer (state the formula): the MLP is replaced by router fp32 logits + proba
   expert-TP group, so these are not divided by t) and the expert intermediates/t (expert-TP = tp), plus each
   shared expert's intermediates/t. Tokens per expert are assumed balanced (dropless, force-balanced routing).
 CP divides the tokens (s/cp per GPU); the score term uses the local key length s/cp as well.
-fp8: activations are counted in bf16 (TE keeps fp8 copies of some GEMM inputs, so this is conservative).
+fp8 with Transformer Engine (Megatron family, MemoryConventions.fp8_saves_gemm_inputs): each Linear keeps its input
+  for the weight gradient as the fp8 cast (1 B), so the QKV and fc1 inputs (LayerNormLinear's fp8 ln_out), the fc2
+  input (the activation output) and an expert's dispatched input cost 1 B per element instead of 2; the out-proj
+  input adds its fp8 copy o/t to the bf16 attention output that FlashAttention keeps. Other engines count bf16.
 torchtitan (MemoryConventions flags, frameworks.py): GEMM inputs all-gathered by DTensor SP->TP are saved full-
   sequence (QKV, fc1, LM head); repeat_kv makes saved K/V q-wide; FSDP fp8 all-gather keeps unsharded Float8Linear
   weights at 1 B; CP all-gathers K/V per layer; PP via torch.distributed.pipelining keeps the whole stage unsharded
@@ -69,11 +72,12 @@ def _kv_div(model: ModelSpec, tp: int) -> int:
     return tp if model.mla else min(tp, model.kv_heads)
 
 
-def _intermediate(model: ModelSpec, ffn: int, conv: MemoryConventions) -> float:
-    """Bytes per token stored inside one MLP (or expert) of inner size ffn, before TP division."""
+def _intermediate(model: ModelSpec, ffn: int, conv: MemoryConventions, gemm_input: float = 2.0) -> float:
+    """Bytes per token stored inside one MLP (or expert) of inner size ffn, before TP division; the last term is the
+    fc2 input, kept at `gemm_input` bytes per element."""
     if not model.gated_mlp:
-        return 4 * ffn                      # GeLU input 2f + GeLU output 2f (Korthikanti: 8sbh + 8sbh at f = 4h)
-    return 6 * ffn if conv.fused_swiglu else 8 * ffn
+        return 2 * ffn + gemm_input * ffn   # GeLU input 2f + GeLU output 2f (Korthikanti: 8sbh + 8sbh at f = 4h)
+    return (4 if conv.fused_swiglu else 6) * ffn + gemm_input * ffn
 
 
 # ---- per-layer activations -----------------------------------------------------------------------------------
@@ -90,20 +94,26 @@ def _layer_parts(model, job, strategy, moe_layer, flash, dropout):
     tgi = 1 if (conv.dtensor_tp_gathered_inputs and t > 1) else tsp    # column-parallel GEMM inputs
     s_keys = job.seq_len / strategy.cp
     mask = 1.0 if dropout else 0.0
-    attn = 2 * h / tsp + 2 * h / tgi + 2 * q / t + 2 * k / tkv + 2 * v / tkv + 2 * o / t + mask * h / tsp
+    fp8_inputs = job.precision == "fp8" and conv.fp8_saves_gemm_inputs
+    g = 1.0 if fp8_inputs else 2.0          # bytes per saved GEMM-input element
+    attn = 2 * h / tsp + g * h / tgi + 2 * q / t + 2 * k / tkv + 2 * v / tkv + 2 * o / t + mask * h / tsp
+    if fp8_inputs:
+        attn += o / t                       # out-proj's fp8 input beside the bf16 output flash attention keeps
     if flash:
         core = 4 * a / t                    # FlashAttention keeps only the fp32 log-sum-exp (a per token)
     else:                                   # softmax output 2as (+ dropout mask as + dropout output 2as)
         core = (2 + 3 * mask) * a * s_keys / t
-    mlp = 2 * h / tsp + 2 * h / tgi + mask * h / tsp
+    mlp = 2 * h / tsp + mask * h / tsp
     if moe_layer and model.moe:
         me = model.moe
+        mlp += 2 * h / tgi                  # the router's input (bf16) before dispatch
         mlp += 8 * me.num_experts / tsp     # router logits + probabilities in fp32
-        mlp += me.top_k * (4 * h + _intermediate(model, me.expert_ffn, conv) / strategy.expert_tp)
+        mlp += me.top_k * ((g + 2) * h + _intermediate(model, me.expert_ffn, conv, g) / strategy.expert_tp)
         if me.shared_experts:
-            mlp += me.shared_experts * _intermediate(model, me.shared_expert_ffn or me.expert_ffn, conv) / t
+            mlp += me.shared_experts * _intermediate(model, me.shared_expert_ffn or me.expert_ffn, conv, g) / t
     else:
-        mlp += _intermediate(model, model.ffn, conv) / t
+        mlp += g * h / tgi                  # fc1 input
+        mlp += _intermediate(model, model.ffn, conv, g) / t
     return attn + mlp, core
 
 
