@@ -17,6 +17,9 @@ def test_a_gpu_without_runs_inherits_and_scales_by_the_mamf_ratio():
     assert calibration_for("MI300X", "megatron-lm").gemm_measured == builtin_gemm_table("gfx942")
     assert calibration_for("H200-SXM-141GB", "nemo").gemm_measured == builtin_gemm_table("sm_90")
     assert calibration_for("A100-SXM4-80GB", "megatron-deepspeed").gemm_measured == ()   # no table: analytic
+    assert calibration_for("MI355X", "megatron-lm").gemm_measured == builtin_gemm_table("gfx950")
+    assert calibration_for("A100-PCIE-40GB", "megatron-lm").gemm_efficiency == \
+        calibration_for("A100-SXM4-80GB", "megatron-lm").gemm_efficiency          # same die, inherited
 
 
 def test_builtin_gemm_table_reads_xla_rows_and_folds_the_batch_into_rows():

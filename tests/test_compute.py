@@ -124,3 +124,4 @@ def test_gemm_time_on_a_measured_shape_is_the_measured_rate_scaled_to_the_part()
     assert rate("H100-96GB-HBM2e") == pytest.approx(296.286 * 0.92, rel=1e-9)
     assert rate("B200-SXM-180GB") == pytest.approx(394.106, rel=1e-9)
     assert rate("GB200") == pytest.approx(394.106 * 2500 / 2250, rel=1e-9)
+    assert rate("H100-PCIe-80GB") == pytest.approx(296.286 * 756.5 / 989.4, rel=1e-9)   # its dense BF16 peak

@@ -212,7 +212,9 @@ def test_collective_fit_recovers_bandwidth_and_latency():
 def test_catalog_gpu_matching_needs_family_and_memory():
     assert fit.catalog_gpu_for("NVIDIA H100 80GB HBM3") == "H100-SXM5-80GB"
     assert fit.catalog_gpu_for("NVIDIA A100-SXM4-80GB") == "A100-SXM4-80GB"
-    assert fit.catalog_gpu_for("NVIDIA H100 PCIe") is None       # not the SXM part's peaks
+    assert fit.catalog_gpu_for("NVIDIA H100 PCIe") == "H100-PCIe-80GB"     # its own entry, not the SXM part's
+    assert fit.catalog_gpu_for("NVIDIA GH200 480GB") == "GH200-96GB"       # nvidia-smi's name for the 96 GB part
+    assert fit.catalog_gpu_for("NVIDIA L4") is None                        # not in the catalog
 
 
 # ---- the command's own argument errors, before torch is needed -------------------------------------------------

@@ -70,7 +70,7 @@ def _catalog() -> dict:
 
 # XLA's measured matmul table (catalog/measured/README.md): architecture -> the part it is taken to be measured on
 # (the table names only the architecture; sm_90's 780 TFLOP/s at 4096^3 matches H100 SXM's MAMF of 794.5)
-XLA_TABLE_REFERENCE = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200-SXM-180GB", "gfx942": "MI300X"}
+XLA_TABLE_REFERENCE = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200-SXM-180GB", "gfx942": "MI300X", "gfx950": "MI355X"}
 
 
 @functools.cache
