@@ -237,9 +237,9 @@ def test_gpu_lookup_is_case_insensitive_with_aliases():
 
 def test_unknown_gpu_lists_known():
     with pytest.raises(ParaplanError) as e:
-        load_gpu("TPU-v5")
+        load_gpu("TPU-v9")
     msg = one_line_error(e)
-    assert msg.startswith("unknown GPU 'TPU-v5'; known: ")
+    assert msg.startswith("unknown GPU 'TPU-v9'; known: ")
     assert all(name in msg for name in list_gpus())
 
 

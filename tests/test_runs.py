@@ -35,12 +35,44 @@ def test_world_size_mismatch_is_an_error():
 @pytest.mark.parametrize("column, value, fragment", [
     ("layers", "-4", "must be a positive integer"),
     ("hidden", "abc", "is not an integer"),
-    ("framework", "jax-magic", "framework 'jax-magic' unknown"),
+    ("framework", "jax-magic", "framework='jax-magic' unknown; allowed: megatron-lm"),
+    ("precision", "fp32", "precision='fp32' unknown; allowed: fp16, bf16, fp8"),
+    ("recompute", "sometimes", "recompute='sometimes' unknown"),
+    ("gpu", "A100-PCIe", "unknown GPU 'A100-PCIe'"),        # 40 and 80 GB both match: ambiguous, not guessed
     ("sequence_parallel", "maybe", "must be true or false"),
 ])
 def test_bad_fields_are_named(column, value, fragment):
     with pytest.raises(ParaplanError, match=fragment):
         case_from_row(base_row(**{column: value}))
+
+
+@pytest.mark.parametrize("column, given, field, expected, said", [
+    ("framework", "NeMo", "framework", "nemo", False),                 # case alone: no note
+    ("framework", "Megatron-Core", "framework", "megatron-lm", True),
+    ("framework", "megatron-bridge", "framework", "nemo", True),
+    ("precision", "BF16", "precision", "bf16", False),
+    ("precision", "FP8-CS", "precision", "fp8", True),                 # fp8 recipes: the format has no recipe column
+    ("precision", "mxfp8", "precision", "fp8", True),
+    ("recompute", "uniform", "recompute", "full", True),               # --recompute-method uniform = full layers
+    ("recompute", "Selective", "recompute", "selective", False),
+])
+def test_other_spellings_of_enumerated_columns_are_read_and_said(column, given, field, expected, said):
+    case = case_from_row(base_row(**{column: given}))
+    value = {"framework": case.job.framework, "precision": case.job.precision,
+             "recompute": case.strategy.recompute}[field]
+    assert value == expected
+    assert any(f"given {given!r}" in a for a in case.assumptions) == said
+
+
+@pytest.mark.parametrize("given, canonical, said", [
+    ("A100-80GB-SXM4", "A100-SXM4-80GB", True), ("H100 SXM 80GB", "H100-SXM5-80GB", True),
+    ("AMD Instinct MI300X", "MI300X", True),
+    ("NVIDIA A100 80GB PCIe", "A100-PCIE-80GB", False),               # an alias of the entry: nothing to say
+])
+def test_a_gpu_named_by_its_words_in_another_order_is_found_and_said(given, canonical, said):
+    case = case_from_row(base_row(gpu=given, intra_node_GBps="300", inter_node_Gbps="200"))
+    assert case.cluster.gpu.name == canonical
+    assert any(f"read as {canonical}" in a for a in case.assumptions) == said
 
 
 def test_unmodellable_rows_get_an_error_not_a_crash():

@@ -149,8 +149,31 @@ def list_gpus() -> list[str]:
 
 
 def load_gpu(name: str) -> GPUSpec:
-    """A catalog GPU by name or alias (case-insensitive)."""
-    return _gpu_from_entry(_lookup(_gpu_catalog(), "GPU", name))
+    """A catalog GPU by name or alias (case-insensitive), else the one entry whose name or an alias carries every
+    word of `name` (resolve_gpu_name)."""
+    return _gpu_from_entry(_lookup(_gpu_catalog(), "GPU", resolve_gpu_name(name)))
+
+
+# words that name no particular part; SXM4/SXM5/SXM6 are the sockets of one generation each, so "SXM" is enough
+_GPU_NOISE = {"nvidia", "amd", "instinct", "tesla", "geforce", "hbm2", "hbm2e", "hbm3", "hbm3e"}
+
+
+def _gpu_words(name: str) -> frozenset[str]:
+    words = set(_key(name).replace("-", " ").split()) - _GPU_NOISE
+    words = {re.sub(r"^sxm\d$", "sxm", w) for w in words}
+    return frozenset(re.sub(r"^(\d+)g$", r"\1gb", w) for w in words)     # 80G -> 80GB
+
+
+def resolve_gpu_name(name: str) -> str:
+    """`name` itself when it is a catalog name or alias; otherwise the canonical name of the only entry one of whose
+    names contains all of its words, in any order ("A100-80GB-SXM4", "H100 SXM 80GB"). Several or none: `name`
+    unchanged, and the lookup reports it as unknown."""
+    names, index = _gpu_catalog()
+    if not isinstance(name, str) or _key(name) in index:
+        return name
+    words = _gpu_words(name)
+    hits = {entry["name"] for key, entry in index.items() if words and words <= _gpu_words(key)}
+    return hits.pop() if len(hits) == 1 else name
 
 
 # ---- models: ModelSpec fields ----------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from pathlib import Path
 from paraplan.errors import ParaplanError
 from paraplan.frameworks import strategy_defaults
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, MoESpec, Strategy
-from paraplan.specs.job import FRAMEWORKS
-from paraplan.specs.loaders import cluster_from_links, preset_named
+from paraplan.specs.job import FRAMEWORKS, JOB_PRECISIONS
+from paraplan.specs.loaders import cluster_from_links, preset_named, resolve_gpu_name
+from paraplan.specs.strategy import RECOMPUTE_MODES
 
 REQUIRED = ("id", "layers", "hidden", "heads", "ffn", "vocab", "seq_len", "global_batch", "tp", "pp", "dp", "gpu",
             "num_gpus")
@@ -88,12 +89,34 @@ def _bool(row: dict, key: str) -> bool | None:
     raise ParaplanError(f"row {row.get('id')!r}: column {key}={raw!r} must be true or false")
 
 
+# other spellings of the format's enumerated values, as published tables print them; each is read as the value
+# it names and said in the row's assumptions (case alone is not worth a note)
+FRAMEWORK_SPELLINGS = {"megatron": "megatron-lm", "megatron-core": "megatron-lm", "mcore": "megatron-lm",
+                       "megatron-bridge": "nemo", "nemo-megatron": "nemo"}
+# Megatron's --recompute-method uniform / block are both full recompute (--recompute-granularity full)
+RECOMPUTE_SPELLINGS = {"uniform": "full", "block": "full", "no": "none", "off": "none", "false": "none"}
+
+
+def _spelled(rid: str, row: dict, column: str, allowed, spellings: dict, assumed: list[str]) -> str:
+    """The row's value of an enumerated column, lower-cased, or its canonical value; "" when empty. fp8 recipe
+    names (fp8-cs, fp8-mx, mxfp8, ...) are fp8: the format has no column for the recipe."""
+    given = (row.get(column) or "").strip()
+    value = given.lower().replace("_", "-")
+    if not value or value in allowed:
+        return value
+    canonical = spellings.get(value)
+    if canonical is None and column == "precision" and ("fp8" in value and value not in allowed):
+        canonical = "fp8"
+    if canonical is None:
+        raise ParaplanError(f"row {rid!r}: column {column}={given!r} unknown; allowed: {', '.join(allowed)}")
+    assumed.append(f"{column}={canonical} (given {given!r})")
+    return canonical
+
+
 def case_from_row(row: dict) -> RunCase:
     rid = row.get("id") or "?"
     assumed: list[str] = []
-    framework = (row.get("framework") or "").strip() or "other"
-    if framework not in FRAMEWORKS:
-        raise ParaplanError(f"row {rid!r}: framework {framework!r} unknown; allowed: {', '.join(FRAMEWORKS)}")
+    framework = _spelled(rid, row, "framework", FRAMEWORKS, FRAMEWORK_SPELLINGS, assumed) or "other"
     gated = _bool(row, "gated_mlp")
     if gated is None:
         gated = False
@@ -122,7 +145,7 @@ def case_from_row(row: dict) -> RunCase:
                       ffn=ffn, vocab=_int(row, "vocab"), gated_mlp=gated, moe=moe,
                       norm="rmsnorm" if gated else "layernorm", linear_bias=not gated,
                       max_position=_int(row, "seq_len"))
-    precision = (row.get("precision") or "").strip()
+    precision = _spelled(rid, row, "precision", JOB_PRECISIONS, {}, assumed)
     if not precision:
         precision = "bf16"
         assumed.append("precision=bf16")
@@ -141,7 +164,7 @@ def case_from_row(row: dict) -> RunCase:
     sp = filled["sequence_parallel"]
     if given_sp is None:
         assumed.append(f"sequence_parallel={str(sp).lower()} ({framework} default)")
-    recompute = (row.get("recompute") or "").strip()
+    recompute = _spelled(rid, row, "recompute", RECOMPUTE_MODES, RECOMPUTE_SPELLINGS, assumed)
     if not recompute:
         recompute = filled["recompute"]
         assumed.append(f"recompute={recompute} ({framework} default)")
@@ -165,6 +188,8 @@ def case_from_row(row: dict) -> RunCase:
     gpu = (row.get("gpu") or "").strip()
     if not gpu:
         raise ParaplanError(f"row {rid!r}: column gpu is empty; a GPU name is required (see `paraplan presets`)")
+    if resolve_gpu_name(gpu) != gpu:
+        assumed.append(f"gpu {gpu!r} read as {resolve_gpu_name(gpu)}")
     node_size = per_node = _int(row, "gpus_per_node", 8)
     if num_gpus > node_size and num_gpus % node_size:
         # a job on part of each node (256 GPUs on 72-GPU NVL72 racks runs 64 per rack): the most per node that
