@@ -125,3 +125,17 @@ def test_gemm_time_on_a_measured_shape_is_the_measured_rate_scaled_to_the_part()
     assert rate("B200-SXM-180GB") == pytest.approx(394.106, rel=1e-9)
     assert rate("GB200") == pytest.approx(394.106 * 2500 / 2250, rel=1e-9)
     assert rate("H100-PCIe-80GB") == pytest.approx(296.286 * 756.5 / 989.4, rel=1e-9)   # its dense BF16 peak
+
+
+def test_flash_attention_narrow_heads_run_slower_as_measured():
+    """FlashAttention-3 paper (arXiv 2407.08608) Fig. 5, H100 BF16 forward, no causal mask, 8k, head dim 64 against
+    128: cuDNN 412 against 600 TFLOP/s, FlashAttention-2 322 against 370. The factor d/(d+half) normalised at 128 with
+    half = 100 gives (64/164)/(128/228) = 0.695, with half = 22 (64/86)/(128/150) = 0.872; wider heads get no credit."""
+    from paraplan.cost.compute import attention_head_dim_factor, flash_attention_time
+    assert attention_head_dim_factor(64, 100.0) == pytest.approx(412 / 600, rel=0.02)
+    assert attention_head_dim_factor(64, 22.0) == pytest.approx(322 / 370, rel=0.01)
+    assert attention_head_dim_factor(128, 100.0) == 1.0 and attention_head_dim_factor(256, 100.0) == 1.0
+    assert attention_head_dim_factor(64, 0.0) == 1.0
+    cal = Calibration(kernel_floor_s=0.0, attention_head_dim_half=100.0)
+    narrow = flash_attention_time(1e12, 8192, A100, cal, False, head_dim=64)
+    assert narrow == pytest.approx(flash_attention_time(1e12, 8192, A100, cal, False) / (412 / 600), rel=0.02)

@@ -27,6 +27,9 @@ class Calibration:
     attention_efficiency: float = 0.60     # flash-attention forward at long sequences, fraction of peak
     attention_seq_half: float = 512.0      # sequence length at which attention reaches half of that
     attention_backward_ratio: float = 2.5  # backward FLOPs over forward FLOPs for flash attention (5 matmuls vs 2)
+    attention_head_dim_half: float = 0.0   # head dim at which the attention kernel reaches half its efficiency: narrow
+                                           # heads do less tensor-core work per softmax element (compute.
+                                           # attention_head_dim_factor); 0 = not modelled
     memory_efficiency: float = 0.80        # fraction of HBM bandwidth reached by element-wise kernels
     kernel_floor_s: float = 4e-6           # minimum GPU time of any kernel (launch latency + tail)
     # --- communication (per GPU type / fabric) ---

@@ -126,8 +126,19 @@ def mem_time(nbytes, gpu: GPUSpec, cal: Calibration):
     return np.maximum(t, cal.kernel_floor_s) if isinstance(t, np.ndarray) else max(t, cal.kernel_floor_s)
 
 
-def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration, backward: bool) -> float:
-    eff = cal.attention_efficiency * cal.attention_kernel_scale * seq / (seq + cal.attention_seq_half)
+def attention_head_dim_factor(head_dim: int, half: float) -> float:
+    """Attention efficiency at `head_dim` relative to 128: d / (d + half) normalised at 128 (Calibration
+    .attention_head_dim_half; 0 = no head-dim effect). Heads wider than 128 get no credit."""
+    if half <= 0:
+        return 1.0
+    d = min(head_dim, 128)
+    return (d / (d + half)) / (128 / (128 + half))
+
+
+def flash_attention_time(flops: float, seq: int, gpu: GPUSpec, cal: Calibration, backward: bool,
+                         head_dim: int = 128) -> float:
+    eff = (cal.attention_efficiency * cal.attention_kernel_scale * seq / (seq + cal.attention_seq_half)
+           * attention_head_dim_factor(head_dim, cal.attention_head_dim_half))
     if backward:
         flops *= cal.attention_backward_ratio
     return max(flops / (gpu.peak("bf16") * 1e12 * cal.clock_scale * eff), cal.kernel_floor_s)
@@ -162,7 +173,7 @@ def layer_ops(model: ModelSpec, job: JobSpec, strategy: Strategy, moe_layer: boo
     if flash_attention:
         # causal attention with block skipping: half of the s_q x s_k score matrix
         flops = 2 * b * heads * s_q * s_k * (head_dim + v_dim) * 0.5
-        ops.append(Op("flash_attention", "attn", flops=flops, m=s_q))
+        ops.append(Op("flash_attention", "attn", flops=flops, m=s_q, k=head_dim))
     else:
         # Megatron 2021: two batched GEMMs over the full s x s scores, softmax + mask + dropout unfused
         ops.append(Op("attn_scores", "gemm", flops=2 * b * heads * s_q * s_k * head_dim, m=s_q, n=s_k, k=head_dim, batch=b * heads))
@@ -231,7 +242,7 @@ def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bo
         # dgrad: [m,k] = [m,n][n,k]; wgrad: [k,n] = [k,m][m,n]
         return gemm_time(op.m, op.k, op.n, gpu, cal, precision, op.batch) + gemm_time(op.k, op.n, op.m, gpu, cal, precision, op.batch)
     if op.kind == "attn":
-        return flash_attention_time(op.flops, op.m, gpu, cal, backward)
+        return flash_attention_time(op.flops, op.m, gpu, cal, backward, op.k or 128)
     # element-wise backward reads the saved input and the incoming gradient and writes one gradient
     return mem_time(op.bytes * (1.5 if backward else 1.0) * cal.fused_elementwise, gpu, cal)
 

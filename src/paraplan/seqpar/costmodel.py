@@ -271,10 +271,10 @@ def _build(model, cluster, framework, recompute, max_tokens_per_rank, memory_lim
 
     def attention_one_gpu(s: float) -> float:
         flops = 2 * model.heads * s * s * (head_dim + v_dim) * 0.5     # causal: half the score matrix
-        t = (compute.flash_attention_time(flops, int(s), gpu, cal, False)
-             + compute.flash_attention_time(flops, int(s), gpu, cal, True))
+        t = (compute.flash_attention_time(flops, int(s), gpu, cal, False, head_dim)
+             + compute.flash_attention_time(flops, int(s), gpu, cal, True, head_dim))
         if recompute_attn:
-            t += compute.flash_attention_time(flops, int(s), gpu, cal, False)
+            t += compute.flash_attention_time(flops, int(s), gpu, cal, False, head_dim)
         return model.layers * t
     grid = np.unique(np.round(np.geomspace(1, 4 * 2**20, 160)))
     attn_table = (tuple(np.log(grid)), tuple(attention_one_gpu(s) / (s * s) for s in grid))
