@@ -105,7 +105,7 @@ def _spelled(rid: str, row: dict, column: str, allowed, spellings: dict, assumed
     if not value or value in allowed:
         return value
     canonical = spellings.get(value)
-    if canonical is None and column == "precision" and ("fp8" in value and value not in allowed):
+    if canonical is None and column == "precision" and "fp8" in value:
         canonical = "fp8"
     if canonical is None:
         raise ParaplanError(f"row {rid!r}: column {column}={given!r} unknown; allowed: {', '.join(allowed)}")
