@@ -139,3 +139,19 @@ def test_flash_attention_narrow_heads_run_slower_as_measured():
     cal = Calibration(kernel_floor_s=0.0, attention_head_dim_half=100.0)
     narrow = flash_attention_time(1e12, 8192, A100, cal, False, head_dim=64)
     assert narrow == pytest.approx(flash_attention_time(1e12, 8192, A100, cal, False) / (412 / 600), rel=0.02)
+
+
+def test_fp8_linear_layers_pay_their_casts_and_the_rest_stays_bf16():
+    """A linear layer in fp8 casts its input (forward) or output gradient (backward) first: read bf16 2 B, write the
+    fp8 copy and its transpose 1 + 1 B per element (TE cast-transpose), memory-bound. The router and the LM head run
+    in bf16 (not Transformer Engine modules)."""
+    from paraplan.cost.compute import Op, op_time
+    cal = Calibration(kernel_floor_s=0.0)
+    m, n, k = 8192, 12288, 4096
+    linear, router = Op("qkv_proj", "gemm", m=m, n=n, k=k), Op("router", "gemm", m=m, n=n, k=k)
+    fwd_cast, bwd_cast = mem_time(m * k * 4, A100, cal), mem_time(m * n * 4, A100, cal)
+    assert op_time(linear, A100, cal, "fp8", False) == pytest.approx(gemm_time(m, n, k, A100, cal, "fp8") + fwd_cast)
+    bwd = gemm_time(m, k, n, A100, cal, "fp8") + gemm_time(k, n, m, A100, cal, "fp8")
+    assert op_time(linear, A100, cal, "fp8", True) == pytest.approx(bwd + bwd_cast)
+    assert op_time(router, A100, cal, "fp8", False) == op_time(router, A100, cal, "bf16", False)
+    assert op_time(linear, A100, cal, "bf16", False) == gemm_time(m, n, k, A100, cal, "bf16")   # no cast in bf16

@@ -3,7 +3,8 @@
 Each operator is a GEMM (shape-aware efficiency: tile and wave quantisation, short-K prologue), an attention kernel
 (flash: efficiency rising with sequence length; unfused: batched GEMMs plus s^2 softmax traffic) or a memory-bound
 element-wise kernel (bytes over HBM bandwidth). Every kernel costs at least `kernel_floor_s`, and a layer at least
-the host time to launch it (eager frameworks are launch-bound on small layers).
+the host time to launch it (eager frameworks are launch-bound on small layers). In fp8 the layer's linear GEMMs run
+at the fp8 rate and pay the cast of what they multiply; the router and the LM head stay bf16 (FP8_LINEAR_OPS).
 Sources: perf_models.md 3.2 (Narayanan 2021 FLOP counts, LLMCompass A100 GEMM shapes, FlashAttention-2/3).
 """
 from __future__ import annotations
@@ -233,14 +234,29 @@ def megatron_fused_softmax_available(b: int, heads: int, s_q: int, s_k: int) -> 
     return attn_batches % batches_per_block == 0
 
 
+# The transformer layer's linear layers: the GEMMs fp8 training runs in fp8 (Transformer Engine modules, torchao
+# Float8Linear). The router, unfused attention and the LM head (Megatron's output layer is a plain
+# ColumnParallelLinear; torchtitan's float8 filter leaves out "output") stay in bf16.
+FP8_LINEAR_OPS = frozenset({"qkv_proj", "out_proj", "mlp_up", "mlp_down", "expert_up", "expert_down", "shared_up",
+                            "shared_down"})
+FP8_CAST_BYTES = 4      # per element: read bf16 (2), write the fp8 copy (1) and its fp8 transpose (1)
+
+
 def op_time(op: Op, gpu: GPUSpec, cal: Calibration, precision: str, backward: bool) -> float:
-    """Backward of a GEMM is two GEMMs of the same size (input gradient and weight gradient)."""
+    """Backward of a GEMM is two GEMMs of the same size (input gradient and weight gradient). In fp8 a linear layer
+    first casts what it multiplies: its input in forward, the output gradient in backward (TE's fused
+    cast-transpose: the fp8 tensor and its transpose for the other GEMM), a memory-bound pass the GEMM speed-up
+    does not cover; the weights' casts are cached across micro-batches and not counted."""
     if op.kind == "gemm":
-        t = gemm_time(op.m, op.n, op.k, gpu, cal, precision, op.batch)
+        fp8_linear = precision == "fp8" and op.name in FP8_LINEAR_OPS
+        if precision == "fp8" and not fp8_linear:
+            precision = "bf16"
         if not backward:
-            return t
+            t = gemm_time(op.m, op.n, op.k, gpu, cal, precision, op.batch)
+            return t + (mem_time(op.m * op.k * op.batch * FP8_CAST_BYTES, gpu, cal) if fp8_linear else 0.0)
         # dgrad: [m,k] = [m,n][n,k]; wgrad: [k,n] = [k,m][m,n]
-        return gemm_time(op.m, op.k, op.n, gpu, cal, precision, op.batch) + gemm_time(op.k, op.n, op.m, gpu, cal, precision, op.batch)
+        t = gemm_time(op.m, op.k, op.n, gpu, cal, precision, op.batch) + gemm_time(op.k, op.n, op.m, gpu, cal, precision, op.batch)
+        return t + (mem_time(op.m * op.n * op.batch * FP8_CAST_BYTES, gpu, cal) if fp8_linear else 0.0)
     if op.kind == "attn":
         return flash_attention_time(op.flops, op.m, gpu, cal, backward, op.k or 128)
     # element-wise backward reads the saved input and the incoming gradient and writes one gradient
