@@ -15,6 +15,7 @@ from importlib import resources
 import yaml
 
 from paraplan.cost.measured import Table
+from paraplan.specs.loaders import load_gpu
 
 
 @dataclass(frozen=True)
@@ -76,22 +77,33 @@ def _catalog() -> dict:
 XLA_TABLE_REFERENCE = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200-SXM-180GB", "gfx942": "MI300X", "gfx950": "MI355X"}
 
 
+_XLA_DTYPES = {"bf16xbf16->bf16": "bf16", "f8e4m3fnxf8e4m3fn->bf16": "fp8"}
+
+
 @functools.cache
 def builtin_gemm_table(arch: str) -> Table:
-    """The bf16 rows of XLA's measured matmul table for `arch`, as cost/measured.py rows (precision, m, n, k,
-    TFLOP/s). A batch of b products of m x k by k x n is read as one m*b x k by k x n product (the same tiles to
-    schedule, the batch counted as tiles as in compute.tile_efficiency), which carries the table from m = 4,096 to
-    the 16,384 rows of a training GEMM; shapes measured both ways keep the geometric mean of their rates."""
+    """XLA's measured matmul table for `arch` as cost/measured.py rows (precision, m, n, k, TFLOP/s): its bf16 rows,
+    and its e4m3 fp8 rows where they are credible (none above the part's fp8 peak, and fp8 at least as fast as bf16
+    at the largest shape; sm_90's exceed the H100's peak and gfx942's run at a sixth of bf16, so fp8 there keeps the
+    bf16 shape profile times the calibrated fp8 speed-up). A batch of b products of m x k by k x n is read as one
+    m*b x k by k x n product (the same tiles to schedule, the batch counted as tiles as in
+    compute.tile_efficiency), which carries the table from m = 4,096 to the 16,384 rows of a training GEMM; shapes
+    measured both ways keep the geometric mean of their rates."""
     if arch not in XLA_TABLE_REFERENCE:
         raise ValueError(f"calibration.yaml names gemm_table {arch!r}; known: {sorted(XLA_TABLE_REFERENCE)}")
     text = resources.files("paraplan").joinpath("catalog", "measured", "xla_matmul.csv").read_text()
-    rates: dict[tuple[int, int, int], list[float]] = {}
+    rates: dict[str, dict[tuple[int, int, int], list[float]]] = {"bf16": {}, "fp8": {}}
     for row in csv.DictReader(io.StringIO(text)):
-        if row["arch"] == arch and row["dtype"] == "bf16xbf16->bf16":
+        if row["arch"] == arch and row["dtype"] in _XLA_DTYPES:
             shape = (int(row["b"]) * int(row["m"]), int(row["n"]), int(row["k"]))
-            rates.setdefault(shape, []).append(float(row["tflops"]))
-    return Table(("bf16", *shape, r[0] if len(r) == 1 else math.exp(sum(map(math.log, r)) / len(r)))
-                 for shape, r in sorted(rates.items()))
+            rates[_XLA_DTYPES[row["dtype"]]].setdefault(shape, []).append(float(row["tflops"]))
+    largest = max(rates["bf16"])
+    fp8_peak = load_gpu(XLA_TABLE_REFERENCE[arch]).peak("fp8")
+    credible = (rates["fp8"] and max(max(r) for r in rates["fp8"].values()) <= fp8_peak
+                and min(rates["fp8"][largest]) >= max(rates["bf16"][largest]))
+    return Table((precision, *shape, r[0] if len(r) == 1 else math.exp(sum(map(math.log, r)) / len(r)))
+                 for precision in ("bf16", "fp8") if precision == "bf16" or credible
+                 for shape, r in sorted(rates[precision].items()))
 
 
 def calibration_for(gpu_name: str, framework: str, overrides: dict | None = None,
