@@ -295,8 +295,15 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
             else:
                 exposed = t_grad
             if t_param:
-                # distributed optimizer: the parameter all-gather hides behind the next forward when overlapped
-                exposed += (t_param / max(1.0, params / MEGATRON_BUCKET_PARAMS)) if s.overlap_param_gather else t_param
+                # distributed optimizer: the parameter all-gather hides behind the next step's first forward when
+                # overlapped (each bucket's gather is waited on by its layers' forward pre-hook), on rank r also
+                # behind the pipeline fill before its first forward: the first bucket and what outlasts both stay
+                # exposed
+                if s.overlap_param_gather:
+                    window = sum(fwd[r]) + sum(fwd[q][0] for q in range(r))
+                    exposed += max(t_param / max(1.0, params / MEGATRON_BUCKET_PARAMS), t_param - window)
+                else:
+                    exposed += t_param
             dp_exposed[r] = exposed
             dp_overlapped[r] = t_grad + t_param - exposed
         shard = (dense_params / dp_group.size + expert_params / expert_dp_group.size) if s.zero >= 1 else params
