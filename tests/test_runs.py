@@ -75,6 +75,18 @@ def test_a_gpu_named_by_its_words_in_another_order_is_found_and_said(given, cano
     assert any(f"read as {canonical}" in a for a in case.assumptions) == said
 
 
+@pytest.mark.parametrize("dp, expected, said", [
+    ("4", 4, None),                                            # tp 8 x cp 2 x dp 4 = 64
+    ("8", 4, "counts the cp=2 ranks"),                        # a dp that includes the CP ranks: 8 x 8 = 64
+    ("", 4, "num_gpus / (tp*pp*cp)"),                         # empty: what the GPUs leave
+])
+def test_data_parallel_size_is_read_derived_or_corrected_and_said(dp, expected, said):
+    case = case_from_row(base_row(tp="8", pp="1", cp="2", num_gpus="64", dp=dp))
+    assert case.strategy.dp == expected
+    notes = [a for a in case.assumptions if a.startswith("dp=")]
+    assert (notes == []) if said is None else (said in notes[0])
+
+
 def test_unmodellable_rows_get_an_error_not_a_crash():
     results = predict_rows([base_row(), base_row(id="bad", tp="3", dp="1", num_gpus="3")])
     assert results[0].error is None and results[0].predicted_s > 0

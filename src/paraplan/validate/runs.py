@@ -113,6 +113,25 @@ def _spelled(rid: str, row: dict, column: str, allowed, spellings: dict, assumed
     return canonical
 
 
+def _data_parallel(rid: str, row: dict, values: dict, assumed: list[str]) -> int:
+    """The row's dp, or what the GPU count leaves for it when empty. Some sources print a data-parallel size that
+    counts the context-parallel ranks (Megatron's "data-parallel size" before CP existed, some tables since):
+    tp*pp*dp = GPUs with cp > 1 is read that way, and said."""
+    num_gpus, model_parallel = _int(row, "num_gpus"), values["tp"] * values["pp"] * values["cp"]
+    if not (row.get("dp") or "").strip():
+        if num_gpus % model_parallel:
+            raise ParaplanError(f"row {rid!r}: dp is empty and num_gpus={num_gpus} is not a multiple of "
+                                f"tp*pp*cp={model_parallel}")
+        assumed.append(f"dp={num_gpus // model_parallel} (num_gpus / (tp*pp*cp))")
+        return num_gpus // model_parallel
+    dp = _int(row, "dp")
+    cp = values["cp"]
+    if cp > 1 and values["tp"] * values["pp"] * dp == num_gpus and dp % cp == 0:
+        assumed.append(f"dp={dp // cp} (the row's dp={dp} counts the cp={cp} ranks: tp*pp*dp = num_gpus)")
+        return dp // cp
+    return dp
+
+
 def case_from_row(row: dict) -> RunCase:
     rid = row.get("id") or "?"
     assumed: list[str] = []
@@ -151,8 +170,9 @@ def case_from_row(row: dict) -> RunCase:
         assumed.append("precision=bf16")
     job = JobSpec(global_batch=_int(row, "global_batch"), seq_len=_int(row, "seq_len"), precision=precision,
                   framework=framework)
-    values = {"tp": _int(row, "tp"), "pp": _int(row, "pp"), "dp": _int(row, "dp"), "cp": _int(row, "cp", 1),
+    values = {"tp": _int(row, "tp"), "pp": _int(row, "pp"), "cp": _int(row, "cp", 1),
               "ep": _int(row, "ep", 1), "micro_batch": _int(row, "micro_batch", 1)}
+    values["dp"] = _data_parallel(rid, row, values, assumed)
     if not (row.get("micro_batch") or "").strip():
         assumed.append("micro_batch=1")
     vpp = (row.get("vpp") or "").strip()
