@@ -295,13 +295,12 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
             else:
                 exposed = t_grad
             if t_param:
-                # distributed optimizer: the parameter all-gather hides behind the next step's first forward when
-                # overlapped (each bucket's gather is waited on by its layers' forward pre-hook), on rank r also
-                # behind the pipeline fill before its first forward: the first bucket and what outlasts both stay
-                # exposed
+                # distributed optimizer: the next step's parameter all-gather is prefetched one bucket ahead of the
+                # forward (Megatron DDP's forward pre-hook waits on its bucket and dispatches the next one), so it
+                # hides behind one micro-batch's forward over this rank's layers; the first bucket and what outlasts
+                # that forward stay exposed
                 if s.overlap_param_gather:
-                    window = sum(fwd[r]) + sum(fwd[q][0] for q in range(r))
-                    exposed += max(t_param / max(1.0, params / MEGATRON_BUCKET_PARAMS), t_param - window)
+                    exposed += max(t_param / max(1.0, params / MEGATRON_BUCKET_PARAMS), t_param - sum(fwd[r]))
                 else:
                     exposed += t_param
             dp_exposed[r] = exposed
