@@ -38,6 +38,7 @@ class Table(tuple):
         return Table, (tuple(self),)        # string hashes differ between processes: never ship the cached one
 
 
+@functools.lru_cache(maxsize=256)
 def gemm_rows(table: tuple, precision: str) -> tuple:
     """The measured (m, n, k, tflops) rows for `precision`: its own, else its 16-bit sibling, else the rows of the
     first precision in the table (the profiled device's training dtype: fp32 on a CPU)."""
@@ -46,9 +47,9 @@ def gemm_rows(table: tuple, precision: str) -> tuple:
         by_precision.setdefault(p, []).append((m, n, k, tflops))
     for p in (precision, *_PRECISION_FALLBACK.get(precision, ())):
         if p in by_precision:
-            return tuple(by_precision[p]), p
+            return Table(by_precision[p]), p
     first = table[0][0] if table else None
-    return tuple(by_precision.get(first, ())), first
+    return Table(by_precision.get(first, ())), first
 
 
 def gemm_correction(rows: tuple, m: int, n: int, k: int, analytic_tflops: Callable[[int, int, int], float]) -> float:
