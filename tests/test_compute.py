@@ -155,3 +155,16 @@ def test_fp8_linear_layers_pay_their_casts_and_the_rest_stays_bf16():
     assert op_time(linear, A100, cal, "fp8", True) == pytest.approx(bwd + bwd_cast)
     assert op_time(router, A100, cal, "fp8", False) == op_time(router, A100, cal, "bf16", False)
     assert op_time(linear, A100, cal, "bf16", False) == gemm_time(m, n, k, A100, cal, "bf16")   # no cast in bf16
+
+
+def test_lm_head_stays_bf16_under_fp8_in_megatron_but_not_in_torchtitan():
+    """Megatron's output layer is a ColumnParallelLinear outside Transformer Engine: bf16 even in fp8 runs.
+    torchtitan's float8 converter filters no module by default (filter_fqns = []), so its output layer is fp8."""
+    from paraplan.cost.compute import head_time
+    cal = Calibration(kernel_floor_s=0.0)
+    model = ModelSpec("m", layers=2, hidden=4096, heads=32, ffn=14336, vocab=128256)
+    s = Strategy()
+    for framework, same in (("megatron-lm", True), ("nemo", True), ("torchtitan", False)):
+        fp8 = head_time(model, JobSpec(8, 4096, "fp8", framework), s, A100, cal)
+        bf16 = head_time(model, JobSpec(8, 4096, "bf16", framework), s, A100, cal)
+        assert (fp8 == bf16) == same

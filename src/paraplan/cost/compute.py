@@ -4,7 +4,8 @@ Each operator is a GEMM (shape-aware efficiency: tile and wave quantisation, sho
 (flash: efficiency rising with sequence length; unfused: batched GEMMs plus s^2 softmax traffic) or a memory-bound
 element-wise kernel (bytes over HBM bandwidth). Every kernel costs at least `kernel_floor_s`, and a layer at least
 the host time to launch it (eager frameworks are launch-bound on small layers). In fp8 the layer's linear GEMMs run
-at the fp8 rate and pay the cast of what they multiply; the router and the LM head stay bf16 (FP8_LINEAR_OPS).
+at the fp8 rate and pay the cast of what they multiply; the router stays bf16, and the LM head in the Megatron family
+(FP8_LINEAR_OPS).
 Sources: perf_models.md 3.2 (Narayanan 2021 FLOP counts, LLMCompass A100 GEMM shapes, FlashAttention-2/3).
 """
 from __future__ import annotations
@@ -234,11 +235,11 @@ def megatron_fused_softmax_available(b: int, heads: int, s_q: int, s_k: int) -> 
     return attn_batches % batches_per_block == 0
 
 
-# The transformer layer's linear layers: the GEMMs fp8 training runs in fp8 (Transformer Engine modules, torchao
-# Float8Linear). The router, unfused attention and the LM head (Megatron's output layer is a plain
-# ColumnParallelLinear; torchtitan's float8 filter leaves out "output") stay in bf16.
+# The linear layers fp8 training runs in fp8 (Transformer Engine modules, torchao Float8Linear); the router and
+# unfused attention stay bf16, and so does the LM head in the Megatron family (its output layer is a plain
+# ColumnParallelLinear, outside Transformer Engine; torchtitan's float8 converter filters nothing by default).
 FP8_LINEAR_OPS = frozenset({"qkv_proj", "out_proj", "mlp_up", "mlp_down", "expert_up", "expert_down", "shared_up",
-                            "shared_down"})
+                            "shared_down", "lm_head"})
 FP8_CAST_BYTES = 4      # per element: read bf16 (2), write the fp8 copy (1) and its fp8 transpose (1)
 
 
@@ -315,9 +316,10 @@ def head_time(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, 
     h = model.hidden
     fwd_gemm = Op("lm_head", "gemm", flops=2 * tokens * h * v_local, m=tokens, n=v_local, k=h)
     logits_bytes = tokens * v_local * 4
-    fwd = (op_time(fwd_gemm, gpu, cal, job.precision, False) + mem_time(2 * tokens * h * 2, gpu, cal)
+    precision = "bf16" if job.precision == "fp8" and job.framework in MEGATRON_FAMILY else job.precision
+    fwd = (op_time(fwd_gemm, gpu, cal, precision, False) + mem_time(2 * tokens * h * 2, gpu, cal)
            + mem_time(3 * logits_bytes, gpu, cal))
-    bwd = op_time(fwd_gemm, gpu, cal, job.precision, True) + mem_time(2 * logits_bytes, gpu, cal) + mem_time(3 * tokens * h * 2, gpu, cal)
+    bwd = op_time(fwd_gemm, gpu, cal, precision, True) + mem_time(2 * logits_bytes, gpu, cal) + mem_time(3 * tokens * h * 2, gpu, cal)
     return fwd, bwd
 
 
