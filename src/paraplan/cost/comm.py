@@ -95,15 +95,19 @@ def _size_eff(nbytes: float, cal: Calibration) -> float:
     return nbytes / (nbytes + cal.comm_half_size_bytes)
 
 
+def _capped_gbps(inter: LinkSpec, cap: tuple[float, float] | None) -> float:
+    """GB/s per GPU of the network path: the NIC, or a slower node override (`cap`) it crosses."""
+    return inter.bandwidth_gbps if cap is None else min(inter.bandwidth_gbps, cap[0])
+
+
+def _cap_latency_s(cap: tuple[float, float] | None, inter: LinkSpec) -> float:
+    """Extra seconds per network step when the slowest override crossed has a longer latency than the NIC."""
+    return 0.0 if cap is None else max(0.0, cap[1] - inter.latency_us) * 1e-6
+
+
 def _nic_bw(op: str, group: Group, inter: LinkSpec, cal: Calibration) -> float:
     """Bytes/s one GPU's network path keeps in this group: its NIC, the leaf/spine share, a node override."""
-    gbps = inter.bandwidth_gbps if group.cap is None else min(inter.bandwidth_gbps, group.cap[0])
-    return gbps * 1e9 * cal.inter_node_efficiency * inter.spine_factor(op, group.nodes)
-
-
-def _cap_latency_s(group: Group, inter: LinkSpec) -> float:
-    """Extra seconds per network step when the slowest override crossed has a longer latency than the NIC."""
-    return 0.0 if group.cap is None else max(0.0, group.cap[1] - inter.latency_us) * 1e-6
+    return _capped_gbps(inter, group.cap) * 1e9 * cal.inter_node_efficiency * inter.spine_factor(op, group.nodes)
 
 
 def flat_ring_time(op: str, nbytes: float, group: Group, intra: LinkSpec, inter: LinkSpec, cal: Calibration) -> float:
@@ -123,7 +127,7 @@ def flat_ring_time(op: str, nbytes: float, group: Group, intra: LinkSpec, inter:
             inter_bus = nic_bw * g
         bus_bw = min(intra_bw, inter_bus) if g > 1 else inter_bus
         k = group.nodes
-        latency += (2 * (k - 1) if op == "all_reduce" else k - 1) * _cap_latency_s(group, inter)
+        latency += (2 * (k - 1) if op == "all_reduce" else k - 1) * _cap_latency_s(group.cap, inter)
     else:
         bus_bw = intra_bw
     return latency + BUS_FACTOR[op](n) * nbytes / (bus_bw * _size_eff(nbytes, cal))
@@ -141,7 +145,7 @@ def hierarchical_time(op: str, nbytes: float, group: Group, intra: LinkSpec, int
     intra_phase = (collective_latency("reduce_scatter", local, cal) + BUS_FACTOR["reduce_scatter"](g) * nbytes
                    / (_bw(intra, cal.intra_node_efficiency) * _size_eff(nbytes, cal)))
     inter_steps = 2 * (k - 1) if op == "all_reduce" else k - 1
-    inter_phase = (collective_latency(op, across, cal) + inter_steps * _cap_latency_s(group, inter)
+    inter_phase = (collective_latency(op, across, cal) + inter_steps * _cap_latency_s(group.cap, inter)
                    + BUS_FACTOR[op](k) * shard / (_nic_bw(op, across, inter, cal) * _size_eff(shard, cal)))
     return inter_phase + (2 if op == "all_reduce" else 1) * intra_phase
 
@@ -220,11 +224,8 @@ def p2p_time(nbytes: float, crosses_nodes: bool, intra: LinkSpec, inter: LinkSpe
         if seconds is not None:
             return seconds
     if crosses_nodes:
-        gbps = inter.bandwidth_gbps if cap is None else min(inter.bandwidth_gbps, cap[0])
-        bw = gbps * 1e9 * cal.inter_node_efficiency * share
-        latency = cal.collective_latency_s + cal.inter_node_latency_s
-        if cap is not None:
-            latency += max(0.0, cap[1] - inter.latency_us) * 1e-6
+        bw = _capped_gbps(inter, cap) * 1e9 * cal.inter_node_efficiency * share
+        latency = cal.collective_latency_s + cal.inter_node_latency_s + _cap_latency_s(cap, inter)
     else:
         bw = intra.bandwidth_gbps * 1e9 * cal.intra_node_efficiency
         latency = cal.collective_latency_s

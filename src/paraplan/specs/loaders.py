@@ -158,6 +158,7 @@ def load_gpu(name: str) -> GPUSpec:
 _GPU_NOISE = {"nvidia", "amd", "instinct", "tesla", "geforce", "hbm2", "hbm2e", "hbm3", "hbm3e"}
 
 
+@functools.cache
 def _gpu_words(name: str) -> frozenset[str]:
     words = set(_key(name).replace("-", " ").split()) - _GPU_NOISE
     words = {re.sub(r"^sxm\d$", "sxm", w) for w in words}

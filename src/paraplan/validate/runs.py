@@ -208,8 +208,9 @@ def case_from_row(row: dict) -> RunCase:
     gpu = (row.get("gpu") or "").strip()
     if not gpu:
         raise ParaplanError(f"row {rid!r}: column gpu is empty; a GPU name is required (see `paraplan presets`)")
-    if resolve_gpu_name(gpu) != gpu:
-        assumed.append(f"gpu {gpu!r} read as {resolve_gpu_name(gpu)}")
+    resolved = resolve_gpu_name(gpu)
+    if resolved != gpu:
+        assumed.append(f"gpu {gpu!r} read as {resolved}")
     node_size = per_node = _int(row, "gpus_per_node", 8)
     if num_gpus > node_size and num_gpus % node_size:
         # a job on part of each node (256 GPUs on 72-GPU NVL72 racks runs 64 per rack): the most per node that
