@@ -175,11 +175,15 @@ def test_every_cluster_preset_loads(name):
     c = load_cluster(name)
     assert c.name == name and c.source and c.is_homogeneous
     g = c.primary
+    assert not g.inter_node.nvls
+    if name.startswith("tpu-"):
+        # a TPU slice: ICI joins chips across host boundaries, so both levels are the same ICI
+        assert g.gpus_per_node in (4, 8) and g.intra_node == g.inter_node and g.intra_node.bandwidth_gbps > 0
+        return
     # an NVL72 rack is one 72-GPU NVLink domain, the cost model's node
     assert g.gpus_per_node == (72 if name.endswith("nvl72") else 8) and c.num_gpus == g.gpus_per_node * g.num_nodes
     assert g.intra_node.bandwidth_gbps > g.inter_node.bandwidth_gbps > 0
     assert 0 < g.intra_node.latency_us < g.inter_node.latency_us
-    assert not g.inter_node.nvls
 
 
 def test_cluster_link_values():
@@ -194,3 +198,8 @@ def test_cluster_link_values():
     assert links("dgx-b200") == ("B200-SXM-180GB", 900, 50, True)
     assert links("mi300x") == ("MI300X", 448, 50, False)
     assert links("grand-teton-h100") == ("H100-96GB-HBM2e", 450, 50, True)
+    # TPU slices (jax-ml/scaling-book tpus.md): links per chip x one-way ICI bandwidth per link, in GB/s
+    assert links("tpu-v4") == ("TPU-v4", 6 * 45, 6 * 45, False)          # 3D torus, 4.5e10 B/s
+    assert links("tpu-v5p") == ("TPU-v5p", 6 * 100, 6 * 100, False)      # 3D torus, 1e11 B/s
+    assert links("tpu-v5e") == ("TPU-v5e", 4 * 50, 4 * 50, False)        # 2D torus, 5e10 B/s
+    assert links("tpu-v6e") == ("TPU-v6e", 4 * 100, 4 * 100, False)      # 2D torus, 1e11 B/s

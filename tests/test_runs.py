@@ -129,6 +129,24 @@ def test_head_dim_comes_from_a_preset_whose_shape_agrees():
     assert not any("head_dim" in a for a in case_from_row(base_row()).assumptions)
 
 
+def test_an_empty_dense_ffn_comes_from_the_preset_or_megatrons_default():
+    # the named preset's MLP when its hidden size agrees (Llama 3 8B: 14,336, HF config.json intermediate_size)
+    case = case_from_row(base_row(ffn="", model="Llama 3 8B"))
+    assert case.model.ffn == 14336 and "ffn=14336 (preset llama3-8b)" in case.assumptions
+    # otherwise Megatron-LM arguments.py: SwiGLU int(4h*2/3/64)*64 = int(10922.67/64)*64 = 170*64 = 10880 for h=4096
+    case = case_from_row(base_row(ffn="", model="custom"))
+    assert case.model.ffn == 10880 and any(a.startswith("ffn=10880 (Megatron-LM default") for a in case.assumptions)
+    # GELU MLP: 4h
+    assert case_from_row(base_row(ffn="", model="custom", gated_mlp="false")).model.ffn == 4 * 4096
+
+
+def test_a_tpu_row_without_links_takes_the_slice_preset():
+    case = case_from_row(base_row(gpu="TPU v5p", gpus_per_node="4", intra_node_GBps="", inter_node_Gbps="",
+                                  framework="maxtext", tp="1", dp="8", zero="3"))
+    g = case.cluster.primary
+    assert g.gpu.name == "TPU-v5p" and g.gpus_per_node == 4 and g.intra_node.bandwidth_gbps == 600
+
+
 def test_a_job_on_part_of_each_node_fills_nodes_evenly():
     # 256 GPUs on GB200 NVL72 racks (72 GPUs per NVLink domain): 4 racks of 64, the largest divisor of 256 <= 72
     case = case_from_row(base_row(gpu="GB200", num_gpus="256", gpus_per_node="72", tp="4", pp="4", dp="16",

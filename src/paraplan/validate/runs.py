@@ -132,6 +132,19 @@ def _data_parallel(rid: str, row: dict, values: dict, assumed: list[str]) -> int
     return dp
 
 
+def _default_ffn(row: dict, hidden: int, gated: bool, assumed: list[str]) -> int:
+    """The MLP size of a dense row that leaves `ffn` empty: the named preset's when its hidden size agrees, else
+    Megatron-LM's default (arguments.py: 4*hidden, or int(4*hidden*2/3 / 64)*64 with SwiGLU)."""
+    preset = preset_named(row.get("model") or "")
+    if preset and preset.hidden == hidden and preset.gated_mlp == gated and not preset.moe:
+        assumed.append(f"ffn={preset.ffn} (preset {preset.name})")
+        return preset.ffn
+    ffn = int(4 * hidden * 2 / 3 / 64) * 64 if gated else 4 * hidden
+    assumed.append(f"ffn={ffn} (Megatron-LM default for {'SwiGLU' if gated else 'GELU'} MLPs: "
+                   f"{'int(4*hidden*2/3/64)*64' if gated else '4*hidden'})")
+    return ffn
+
+
 def case_from_row(row: dict) -> RunCase:
     rid = row.get("id") or "?"
     assumed: list[str] = []
@@ -145,12 +158,14 @@ def case_from_row(row: dict) -> RunCase:
     if num_experts and num_experts > 1:
         moe = MoESpec(num_experts=_int(row, "num_experts"), top_k=_int(row, "top_k"),
                       expert_ffn=_int(row, "expert_ffn") if (row.get("expert_ffn") or "").strip() else _int(row, "ffn"))
+    hidden, heads = _int(row, "hidden"), _int(row, "heads")
     if moe and not (row.get("ffn") or "").strip():
         ffn = moe.expert_ffn                 # every layer is MoE: the dense size is only a placeholder
         assumed.append("all layers MoE (ffn empty)")
+    elif not (row.get("ffn") or "").strip():
+        ffn = _default_ffn(row, hidden, gated, assumed)
     else:
         ffn = _int(row, "ffn")
-    hidden, heads = _int(row, "hidden"), _int(row, "heads")
     head_dim = _int(row, "head_dim") if (row.get("head_dim") or "").strip() else None
     if head_dim is None:
         # the format has no head_dim column: a model whose heads are wider or narrower than hidden/heads (Qwen3,
