@@ -55,11 +55,22 @@ def test_bad_fields_are_named(column, value, fragment):
     ("precision", "mxfp8", "precision", "fp8", True),
     ("recompute", "uniform", "recompute", "full", True),               # --recompute-method uniform = full layers
     ("recompute", "Selective", "recompute", "selective", False),
+    ("precision", "bfloat16", "precision", "bf16", True),
+    ("precision", "NVFP4", "precision", "fp8", True),                 # no fp4 rate: the nearest, fp8
+    ("framework", "llm-foundry", "framework", "torchtitan", True),     # eager PyTorch FSDP stack
+    ("framework", "paxml", "framework", "maxtext", True),              # JAX/XLA stack
+    ("zero", "ZeRO-2", "zero", 2, True),
+    ("zero", "zero3", "zero", 3, True),
+    ("zero", "FSDP", "zero", 3, True),
+    ("zero", "FULL_SHARD", "zero", 3, True),
+    ("zero", "distributed optimizer", "zero", 1, True),
+    ("zero", "DDP", "zero", 0, True),
+    ("zero", "2", "zero", 2, False),
 ])
 def test_other_spellings_of_enumerated_columns_are_read_and_said(column, given, field, expected, said):
     case = case_from_row(base_row(**{column: given}))
     value = {"framework": case.job.framework, "precision": case.job.precision,
-             "recompute": case.strategy.recompute}[field]
+             "recompute": case.strategy.recompute, "zero": case.strategy.zero}[field]
     assert value == expected
     assert any(f"given {given!r}" in a for a in case.assumptions) == said
 

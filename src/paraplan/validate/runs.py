@@ -92,7 +92,20 @@ def _bool(row: dict, key: str) -> bool | None:
 # other spellings of the format's enumerated values, as published tables print them; each is read as the value
 # it names and said in the row's assumptions (case alone is not worth a note)
 FRAMEWORK_SPELLINGS = {"megatron": "megatron-lm", "megatron-core": "megatron-lm", "mcore": "megatron-lm",
-                       "megatron-bridge": "nemo", "nemo-megatron": "nemo"}
+                       "megatron-bridge": "nemo", "nemo-megatron": "nemo", "megatron-ds": "megatron-deepspeed",
+                       # JAX/XLA stacks share MaxText's compiler-fused kernels and conventions
+                       "pax": "maxtext", "paxml": "maxtext", "praxis": "maxtext", "t5x": "maxtext",
+                       "levanter": "maxtext",
+                       # eager PyTorch FSDP stacks: torchtitan's conventions (FSDP, SDPA attention, unfused ops)
+                       "fsdp": "torchtitan", "fsdp2": "torchtitan", "pytorch-fsdp": "torchtitan",
+                       "torch-fsdp": "torchtitan", "llm-foundry": "torchtitan", "llmfoundry": "torchtitan",
+                       "composer": "torchtitan"}
+PRECISION_SPELLINGS = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "bf16-mixed": "bf16",
+                       "16-mixed": "fp16", "amp-bf16": "bf16", "amp-fp16": "fp16"}
+# ZeRO stages as engines name them: ZeRO-N, Megatron's distributed optimizer (1), FSDP's sharding strategies
+# (SHARD_GRAD_OP = 2, FULL_SHARD / HYBRID_SHARD = 3), plain DDP (0)
+ZERO_SPELLINGS = {"ddp": 0, "none": 0, "no": 0, "off": 0, "distributed-optimizer": 1, "distopt": 1, "dist-opt": 1,
+                  "shard-grad-op": 2, "fsdp": 3, "full-shard": 3, "hybrid-shard": 3, "hsdp": 3}
 # Megatron's --recompute-method uniform / block are both full recompute (--recompute-granularity full)
 RECOMPUTE_SPELLINGS = {"uniform": "full", "block": "full", "no": "none", "off": "none", "false": "none"}
 
@@ -107,10 +120,32 @@ def _spelled(rid: str, row: dict, column: str, allowed, spellings: dict, assumed
     canonical = spellings.get(value)
     if canonical is None and column == "precision" and "fp8" in value:
         canonical = "fp8"
+    if canonical is None and column == "precision" and "fp4" in value:
+        canonical = "fp8"       # NVFP4 / MXFP4 recipes: paraplan has no fp4 rate; the fp8 one is the nearest
     if canonical is None:
         raise ParaplanError(f"row {rid!r}: column {column}={given!r} unknown; allowed: {', '.join(allowed)}")
     assumed.append(f"{column}={canonical} (given {given!r})")
     return canonical
+
+
+def _zero_stage(rid: str, row: dict, assumed: list[str]) -> int | None:
+    """The row's ZeRO stage: 0-3, or a name an engine prints for one (ZeRO-2, zero3, FSDP, distributed
+    optimizer, ...), said in the assumptions; None when empty."""
+    given = (row.get("zero") or "").strip()
+    if not given:
+        return None
+    if given in ("0", "1", "2", "3", "0.0", "1.0", "2.0", "3.0"):
+        return int(float(given))
+    value = given.lower().replace("_", "-").replace(" ", "-")
+    stage = ZERO_SPELLINGS.get(value)
+    digits = value.removeprefix("zero").lstrip("-")
+    if stage is None and value.startswith("zero") and digits in ("0", "1", "2", "3"):
+        stage = int(digits)
+    if stage is None:
+        raise ParaplanError(f"row {rid!r}: column zero={given!r} must be 0, 1, 2 or 3 (or ZeRO-N, ddp, "
+                            f"distributed-optimizer, shard-grad-op, fsdp)")
+    assumed.append(f"zero={stage} (given {given!r})")
+    return stage
 
 
 def _data_parallel(rid: str, row: dict, values: dict, assumed: list[str]) -> int:
@@ -179,7 +214,7 @@ def case_from_row(row: dict) -> RunCase:
                       ffn=ffn, vocab=_int(row, "vocab"), gated_mlp=gated, moe=moe,
                       norm="rmsnorm" if gated else "layernorm", linear_bias=not gated,
                       max_position=_int(row, "seq_len"))
-    precision = _spelled(rid, row, "precision", JOB_PRECISIONS, {}, assumed)
+    precision = _spelled(rid, row, "precision", JOB_PRECISIONS, PRECISION_SPELLINGS, assumed)
     if not precision:
         precision = "bf16"
         assumed.append("precision=bf16")
@@ -203,12 +238,8 @@ def case_from_row(row: dict) -> RunCase:
     if not recompute:
         recompute = filled["recompute"]
         assumed.append(f"recompute={recompute} ({framework} default)")
-    zero = (row.get("zero") or "").strip()
-    if zero:
-        if zero not in ("0", "1", "2", "3", "0.0", "1.0", "2.0", "3.0"):
-            raise ParaplanError(f"row {rid!r}: column zero={zero!r} must be 0, 1, 2 or 3")
-        zero = int(float(zero))
-    else:
+    zero = _zero_stage(rid, row, assumed)
+    if zero is None:
         zero = filled["zero"]
         assumed.append(f"zero={zero} ({framework} default)")
     if filled["tp_comm_overlap"]:
