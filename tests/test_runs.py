@@ -158,6 +158,16 @@ def test_a_tpu_row_without_links_takes_the_slice_preset():
     assert g.gpu.name == "TPU-v5p" and g.gpus_per_node == 4 and g.intra_node.bandwidth_gbps == 600
 
 
+def test_a_run_beyond_what_we_believe_its_framework_runs_is_modelled_and_said():
+    # a measured run evidently ran: torchtitan with the distributed-optimizer stage is priced, not refused
+    case = case_from_row(base_row(framework="torchtitan", zero="1"))
+    assert not case.job.enforce_framework_limits
+    assert "modelled as given although torchtitan offers ZeRO stages 0, 2, 3, not zero=1" in case.assumptions
+    assert predict_rows([base_row(framework="torchtitan", zero="1")])[0].predicted_s > 0
+    # a run inside the limits keeps them (the search and exports rely on them)
+    assert case_from_row(base_row()).job.enforce_framework_limits
+
+
 def test_a_job_on_part_of_each_node_fills_nodes_evenly():
     # 256 GPUs on GB200 NVL72 racks (72 GPUs per NVLink domain): 4 racks of 64, the largest divisor of 256 <= 72
     case = case_from_row(base_row(gpu="GB200", num_gpus="256", gpus_per_node="72", tp="4", pp="4", dp="16",

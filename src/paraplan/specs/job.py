@@ -16,6 +16,9 @@ class JobSpec:
     precision: str = "bf16"            # compute precision of GEMMs (fp8: TE-style, master weights still bf16/fp32)
     framework: str = "megatron-lm"     # selects calibration and engine defaults
     memory_headroom: float = 0.0       # fraction of HBM kept free when judging fit
+    # False for a measured run: the engine evidently ran its strategy, so what paraplan believes the framework
+    # cannot run (frameworks.FRAMEWORK_LIMITS) is modelled anyway instead of refused
+    enforce_framework_limits: bool = True
 
     def __post_init__(self):
         if not isinstance(self.global_batch, int) or self.global_batch <= 0:

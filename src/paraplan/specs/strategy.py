@@ -197,6 +197,8 @@ def _experts_reason(s, model, cluster, job):
 
 
 def _framework_broken(s, model, cluster, job):
+    if not job.enforce_framework_limits:
+        return False
     lim = framework_limits(job.framework)
     zero_ok = np.isin(s.zero, lim.zero) & ((s.pp == 1) | np.isin(s.zero, lim.zero_with_pp))
     sp_ok = _either(s.tp > 1, np.isin(s.sequence_parallel, lim.sequence_parallel), True)
@@ -214,6 +216,11 @@ def _framework_reason(s, model, cluster, job):
     if s.cp > 1 and not lim.context_parallel:
         return f"{fw} has no context parallelism (cp={s.cp})"
     return f"{fw} has no interleaved pipeline schedule (vpp={s.vpp})"
+
+
+def framework_violation(strategy, job) -> str | None:
+    """Why `job.framework` cannot run `strategy` (frameworks.FRAMEWORK_LIMITS), or None."""
+    return _framework_reason(strategy, None, None, job) if bool(_framework_broken(strategy, None, None, job)) else None
 
 
 RULES = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from paraplan.errors import ParaplanError
@@ -12,7 +12,7 @@ from paraplan.frameworks import strategy_defaults
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, MoESpec, Strategy
 from paraplan.specs.job import FRAMEWORKS, JOB_PRECISIONS
 from paraplan.specs.loaders import cluster_from_links, preset_named, resolve_gpu_name
-from paraplan.specs.strategy import RECOMPUTE_MODES
+from paraplan.specs.strategy import RECOMPUTE_MODES, framework_violation
 
 REQUIRED = ("id", "layers", "hidden", "heads", "ffn", "vocab", "seq_len", "global_batch", "tp", "pp", "dp", "gpu",
             "num_gpus")
@@ -248,6 +248,11 @@ def case_from_row(row: dict) -> RunCase:
                         overlap_grad_reduce=filled["overlap_grad_reduce"],
                         overlap_param_gather=filled["overlap_param_gather"],
                         tp_comm_overlap=filled["tp_comm_overlap"])
+    beyond = framework_violation(strategy, job)
+    if beyond:
+        # the run happened: model it as given rather than refuse what we believe the engine cannot do
+        job = replace(job, enforce_framework_limits=False)
+        assumed.append(f"modelled as given although {beyond}")
     num_gpus = _int(row, "num_gpus")
     if strategy.world_size != num_gpus:
         raise ParaplanError(f"row {rid!r}: tp*cp*dp*pp = {strategy.world_size} but num_gpus = {num_gpus}")
