@@ -13,9 +13,9 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "validation"
 
 
 @pytest.mark.parametrize("name, accuracy, fitting", [
-    ("vtrain_a100.csv", 0.935, 1549),
+    ("vtrain_a100.csv", 0.937, 1549),
     ("published_runs.csv", 0.90, 145),
-    ("holdout_mbridge_2511.csv", 0.86, 9),
+    ("holdout_mbridge_2511.csv", 0.875, 9),
 ])
 def test_no_worse_than_last_measured(name, accuracy, fitting):
     results = predict_rows(read_rows(DATA / name))

@@ -6,7 +6,7 @@ import pytest
 from paraplan.cost.calibration import Calibration
 from paraplan.cost.compute import gemm_time, layer_ops, mem_time
 from paraplan.cost.compute import model_flops_per_iteration
-from paraplan.specs import GPUSpec, JobSpec, ModelSpec, Strategy
+from paraplan.specs import GPUSpec, JobSpec, ModelSpec, MoESpec, Strategy
 
 A100 = GPUSpec("A100-test", {"bf16": 312.0, "fp16": 312.0}, 80.0, 2039.0, sm_count=108)
 GPT = ModelSpec("gpt-test", layers=4, hidden=4096, heads=32, ffn=16384, vocab=51200, linear_bias=False)
@@ -107,6 +107,32 @@ def test_unfused_softmax_fallback_costs_more_kernels():
     fused = [op.name for op in layer_ops(small, job, Strategy(tp=1))]
     fallback = [op.name for op in layer_ops(small, job, Strategy(tp=8))]
     assert "softmax_mask" not in fused and "softmax_mask" in fallback
+
+
+def test_host_launch_time_grows_with_the_kernels_a_layer_runs():
+    # host time = layer_host_s x ops / standard ops: the unfused softmax runs 5 operators (cast, scale, mask,
+    # softmax, cast back) where the fused kernel is 1, so a layer of N standard ops launches N + 4
+    from paraplan.cost.compute import host_kernel_factor, layer_times
+    job = JobSpec(8, 1024, "fp16", "megatron-deepspeed")
+    small = ModelSpec("t", layers=2, hidden=1024, heads=16, ffn=4096, vocab=1000)
+    fused = layer_ops(small, job, Strategy(tp=1))
+    fallback = layer_ops(small, job, Strategy(tp=8))
+    assert host_kernel_factor(fused, small, False) == 1.0
+    assert len(fallback) == len(fused) + 4
+    assert host_kernel_factor(fallback, small, False) == pytest.approx(len(fallback) / len(fused))
+    cal = Calibration(layer_host_s=1e-3, backward_host_ratio=2.0)
+    lt = layer_times(small, job, Strategy(tp=8), A100, cal)
+    assert lt.compute.host_forward_s == pytest.approx(1e-3 * len(fallback) / len(fused))
+    assert lt.compute.host_backward_s == pytest.approx(2 * lt.compute.host_forward_s)
+    assert lt.recompute_host_s["full"] == lt.compute.host_forward_s
+    # a MoE block adds its router and token permutation to the dense block's operators
+    moe = ModelSpec("m", layers=2, hidden=1024, heads=16, ffn=4096, vocab=1000,
+                    moe=MoESpec(num_experts=8, top_k=2, expert_ffn=1024))
+    bf16 = JobSpec(8, 1024, "bf16", "megatron-lm")
+    moe_ops = layer_ops(moe, bf16, Strategy(tp=1), moe_layer=True)
+    dense_ops = layer_ops(moe, bf16, Strategy(tp=1), moe_layer=False)
+    assert len(moe_ops) == len(dense_ops) + 2
+    assert host_kernel_factor(moe_ops, moe, True) == pytest.approx(len(moe_ops) / (len(moe_ops) - 2))
 
 def test_gemm_time_on_a_measured_shape_is_the_measured_rate_scaled_to_the_part():
     """XLA's sm_90 table measures 256 x 2048 x 4096 at 296.286 TFLOP/s and sm_100 at 394.106 (catalog/measured/

@@ -279,6 +279,23 @@ SELECTIVE_RECOMPUTE_OPS = ("flash_attention", "attn_scores", "attn_dropout", "at
 ATTENTION_CORE_OPS = ("flash_attention", "attn_scores", "attn_context")
 
 
+# The operators beyond a standard layer's (one fused softmax, one dense MLP) that launch kernels of their own:
+# PyTorch's op-by-op softmax (megatron_fused_softmax_available False) and a MoE block's router and permutation.
+STANDARD_SOFTMAX_OPS = 1
+
+
+def host_kernel_factor(ops: list[Op], model: ModelSpec, moe_layer: bool) -> float:
+    """Host time of this layer over a standard layer's: the host launches kernel by kernel, so a layer that runs
+    more operators (the unfused softmax's cast, scale, mask, softmax and cast back in place of one kernel; a MoE
+    block's router and token permutation) takes proportionally longer to launch. 1.0 for a standard layer."""
+    softmax = sum(1 for op in ops if op.name.startswith("softmax"))
+    extra = max(0, softmax - STANDARD_SOFTMAX_OPS) if softmax else 0
+    if moe_layer and model.moe:
+        extra += sum(1 for op in ops if op.name in ("router", "permute"))
+    standard = len(ops) - extra
+    return len(ops) / standard
+
+
 def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
                 moe_layer: bool = False) -> LayerTimes:
     """Selective recompute reruns only the attention core (a few kernels: no host cost of its own); full reruns
@@ -289,11 +306,12 @@ def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec
     bwd = sum(bwd_ops)
     selective = sum(t for op, t in zip(ops, fwd) if op.name in SELECTIVE_RECOMPUTE_OPS or op.name.startswith("softmax"))
     core = [i for i, op in enumerate(ops) if op.name in ATTENTION_CORE_OPS]
-    lc = LayerCompute(gpu_forward_s=sum(fwd), gpu_backward_s=bwd, host_forward_s=cal.layer_host_s,
-                      host_backward_s=cal.backward_host_ratio * cal.layer_host_s,
+    host = cal.layer_host_s * host_kernel_factor(ops, model, moe_layer)
+    lc = LayerCompute(gpu_forward_s=sum(fwd), gpu_backward_s=bwd, host_forward_s=host,
+                      host_backward_s=cal.backward_host_ratio * host,
                       forward_flops=sum(op.flops for op in ops))
     return LayerTimes(lc, {"none": 0.0, "selective": selective, "full": sum(fwd)},
-                      {"none": 0.0, "selective": 0.0, "full": cal.layer_host_s},
+                      {"none": 0.0, "selective": 0.0, "full": host},
                       sum(fwd[i] for i in core), sum(bwd_ops[i] for i in core))
 
 
