@@ -64,6 +64,20 @@ def test_interleaving_reduces_the_bubble():
     assert inter.time.bubble_s < plain.time.bubble_s
 
 
+def test_interleaving_with_a_micro_batch_group_size_runs_a_remainder_group():
+    # Megatron's docstring example: pp=2, vpp=2, 5 micro-batches with microbatch_group_size_per_vp_stage=3 runs
+    # (groups of 3 and 2); the default group (pp=2) would leave a last group of 1 < pp, which Megatron rejects
+    c = cluster(2)
+    job = JobSpec(5, 1024)
+    with pytest.raises(ParaplanError, match="multiple of pp"):
+        estimate(GPT, c, job, Strategy(pp=2, vpp=2))
+    with pytest.raises(ParaplanError, match="microbatch_group_size 4"):
+        estimate(GPT, c, job, Strategy(pp=2, vpp=2, microbatch_group_size=4))    # leaves 1 < pp
+    plan = estimate(GPT, c, job, Strategy(pp=2, vpp=2, microbatch_group_size=3))
+    assert total_from_parts(plan) == pytest.approx(plan.iteration_time_s, rel=1e-9)
+    assert "microbatch_group_size=3" in Strategy.parse("pp=2,vpp=2,microbatch_group_size=3").describe()
+
+
 def test_full_recompute_costs_about_one_extra_forward():
     c = cluster(8)
     job = JobSpec(64, 2048)

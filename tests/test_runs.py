@@ -168,6 +168,16 @@ def test_a_run_beyond_what_we_believe_its_framework_runs_is_modelled_and_said():
     assert case_from_row(base_row()).job.enforce_framework_limits
 
 
+def test_an_interleaved_run_whose_micro_batches_are_no_multiple_of_pp_gets_a_group_size():
+    # 9 micro-batches on pp=4: groups of 4 would leave 1 < pp; 5 leaves 4 (the smallest group that runs)
+    case = case_from_row(base_row(pp="4", dp="1", tp="2", vpp="2", global_batch="9"))
+    assert case.strategy.microbatch_group_size == 5
+    assert any(a.startswith("microbatch_group_size_per_vp_stage=5") for a in case.assumptions)
+    assert predict_rows([base_row(pp="4", dp="1", tp="2", vpp="2", global_batch="9")])[0].predicted_s > 0
+    # a multiple of pp keeps Megatron's default
+    assert case_from_row(base_row(pp="4", dp="1", tp="2", vpp="2", global_batch="8")).strategy.microbatch_group_size is None
+
+
 def test_a_job_on_part_of_each_node_fills_nodes_evenly():
     # 256 GPUs on GB200 NVL72 racks (72 GPUs per NVLink domain): 4 racks of 64, the largest divisor of 256 <= 72
     case = case_from_row(base_row(gpu="GB200", num_gpus="256", gpus_per_node="72", tp="4", pp="4", dp="16",

@@ -357,11 +357,17 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Str
     return finish(model, cluster, job, prep, record_events)
 
 
+def _group_size(s: Strategy) -> int | None:
+    """The interleaved schedule's micro-batch group size, only where it applies (the simulator refuses it else)."""
+    return s.microbatch_group_size if s.vpp > 1 and s.pp > 1 else None
+
+
 def memory_of(model: ModelSpec, job: JobSpec, prep: Prepared, gpu) -> MemoryBreakdown:
     """Peak memory per GPU of a prepared estimate: it needs the schedule's in-flight micro-batches, not its times."""
     s = prep.strategy
     return memory.memory_per_gpu(model, job, s, gpu,
-                                 inflight_microbatches=peak_inflight(prep.schedule, s.pp, s.vpp, prep.m))
+                                 inflight_microbatches=peak_inflight(prep.schedule, s.pp, s.vpp, prep.m,
+                                                                     _group_size(s)))
 
 
 def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared, record_events: bool = False,
@@ -373,7 +379,7 @@ def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared,
     exposed_by_rank, overlapped_by_rank = p.exposed_by_rank, p.overlapped_by_rank
     gpu = cluster.gpu
     pipe = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, p2p, p2p_overlapped=overlapped_p2p),
-                             record_events=record_events)
+                             record_events=record_events, microbatch_group_size=_group_size(s))
     finish_s = [pipe.last_backward_end_s[r] + dp_exposed[r] + optimizer_s[r] for r in range(s.pp)]
     critical = max(range(s.pp), key=lambda r: finish_s[r])
     iteration = finish_s[critical] + cal.iteration_overhead_s
@@ -383,7 +389,8 @@ def finish(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, prep: Prepared,
     pp_exposed = 0.0
     if p2p > 0:
         # what the sends and receives add to the critical rank: the same schedule simulated without them
-        no_p2p = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, 0.0), record_events=False)
+        no_p2p = simulate_pipeline(schedule, s.pp, s.vpp, m, PipelineCosts(fwd, bwd, 0.0), record_events=False,
+                                   microbatch_group_size=_group_size(s))
         pp_exposed = max(0.0, pipe.last_backward_end_s[critical] - no_p2p.last_backward_end_s[critical])
         exposed["pp"] = pp_exposed
     if dp_exposed[critical]:

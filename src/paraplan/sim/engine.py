@@ -325,10 +325,11 @@ def _program_for(schedule: str, pp: int, vpp: int, m: int, group: int | None) ->
 # --------------------------------------------------------------------------------------------------------------
 # public API
 
-def peak_inflight(schedule: str, pp: int, vpp: int, num_microbatches: int) -> list[int]:
+def peak_inflight(schedule: str, pp: int, vpp: int, num_microbatches: int,
+                  microbatch_group_size: int | None = None) -> list[int]:
     """Per rank: the most micro-batch-chunks with forward done and backward not, a property of the schedule's
     order alone (the same as PipelineResult.peak_inflight_microbatches, known before any cost)."""
-    return list(_program_for(schedule, pp, vpp, num_microbatches, None).peak_inflight)
+    return list(_program_for(schedule, pp, vpp, num_microbatches, microbatch_group_size).peak_inflight)
 
 
 def simulate_pipeline(schedule: str, pp: int, vpp: int, num_microbatches: int, costs: PipelineCosts,

@@ -37,6 +37,9 @@ class Strategy:
     overlap_param_gather: bool = True  # ZeRO-3 / distributed-optimizer parameter gathers behind compute
     tp_comm_overlap: bool = False      # Megatron/TE userbuffers overlap of TP collectives with GEMMs
     layers_per_stage: tuple[int, ...] | None = None  # uneven split: layers per virtual stage (pp*vpp entries)
+    # Megatron's microbatch_group_size_per_vp_stage (interleaved schedule): micro-batches run through the chunks in
+    # groups of this many; None = pp, Megatron's default
+    microbatch_group_size: int | None = None
 
     def __post_init__(self):
         for name in ("dp", "tp", "pp", "cp", "ep", "vpp", "micro_batch"):
@@ -53,6 +56,9 @@ class Strategy:
             object.__setattr__(self, "schedule", "interleaved")
         if self.layers_per_stage is not None:
             object.__setattr__(self, "layers_per_stage", tuple(self.layers_per_stage))
+        group = self.microbatch_group_size
+        if group is not None and (not isinstance(group, int) or isinstance(group, bool) or group < 1):
+            raise ParaplanError(f"strategy microbatch_group_size must be a positive integer, got {group!r}")
 
     @property
     def expert_tp(self) -> int:
@@ -82,6 +88,8 @@ class Strategy:
         parts += [f"mbs={self.micro_batch}", f"zero={self.zero}", f"recompute={self.recompute}"]
         if self.sequence_parallel:
             parts.append("sp=true")
+        if self.microbatch_group_size is not None:
+            parts.append(f"microbatch_group_size={self.microbatch_group_size}")
         return ",".join(parts)
 
     @classmethod
@@ -179,8 +187,25 @@ def _layers_reason(s, model, cluster, job):
 def _interleaving_reason(s, model, cluster, job):
     if s.pp < 2:
         return "interleaved schedule (vpp > 1) needs pp >= 2"
-    return (f"interleaved schedule (vpp > 1) needs the micro-batches per pipeline ({s.num_microbatches(job.global_batch)}"
+    m = s.num_microbatches(job.global_batch)
+    if s.microbatch_group_size is not None:
+        return (f"interleaved schedule (vpp > 1): microbatch_group_size {s.microbatch_group_size} must be in "
+                f"[pp={s.pp}, micro-batches per pipeline={m}] and leave a last group of 0 or at least pp micro-batches")
+    return (f"interleaved schedule (vpp > 1) needs the micro-batches per pipeline ({m}"
             f" = global batch / (dp*micro_batch)) to be a multiple of pp ({s.pp})")
+
+
+def interleaved_groups_ok(m, pp, group):
+    """Megatron's interleaved schedule takes micro-batches in groups of `group` (pp by default); a last group of
+    fewer than pp micro-batches deadlocks, so m must be a multiple of the group or leave at least pp over."""
+    rem = m % group
+    return (pp <= group) & (group <= m) & ((rem == 0) | (rem >= pp))
+
+
+def _groups_broken(s, global_batch):
+    m = s.num_microbatches(global_batch)
+    group = getattr(s, "microbatch_group_size", None)
+    return np.logical_not(interleaved_groups_ok(m, s.pp, s.pp if group is None else group))
 
 
 def _experts_broken(s, model, cluster, job):
@@ -238,7 +263,7 @@ RULES = (
          lambda s, m, c, j: f"global batch ({j.global_batch}) must be divisible by dp*micro_batch ({s.dp}*{s.micro_batch})"),
     # Megatron (schedules.py): micro-batches go through the chunks in groups of pp, so their number must be a
     # multiple of pp (microbatch_group_size_per_vp_stage defaults to pp)
-    Rule("interleaving", lambda s, m, c, j: (s.vpp > 1) & ((s.pp < 2) | (s.num_microbatches(j.global_batch) % s.pp != 0)),
+    Rule("interleaving", lambda s, m, c, j: (s.vpp > 1) & ((s.pp < 2) | _groups_broken(s, j.global_batch)),
          _interleaving_reason),
     # causal load balancing splits the sequence into 2*cp chunks; SP splits it again over tp
     Rule("sequence_divisible", lambda s, m, c, j: j.seq_len % _sequence_shards(s) != 0,

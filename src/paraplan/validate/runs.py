@@ -12,7 +12,7 @@ from paraplan.frameworks import strategy_defaults
 from paraplan.specs import ClusterSpec, JobSpec, ModelSpec, MoESpec, Strategy
 from paraplan.specs.job import FRAMEWORKS, JOB_PRECISIONS
 from paraplan.specs.loaders import cluster_from_links, preset_named, resolve_gpu_name
-from paraplan.specs.strategy import RECOMPUTE_MODES, framework_violation
+from paraplan.specs.strategy import RECOMPUTE_MODES, framework_violation, interleaved_groups_ok
 
 REQUIRED = ("id", "layers", "hidden", "heads", "ffn", "vocab", "seq_len", "global_batch", "tp", "pp", "dp", "gpu",
             "num_gpus")
@@ -126,6 +126,23 @@ def _spelled(rid: str, row: dict, column: str, allowed, spellings: dict, assumed
         raise ParaplanError(f"row {rid!r}: column {column}={given!r} unknown; allowed: {', '.join(allowed)}")
     assumed.append(f"{column}={canonical} (given {given!r})")
     return canonical
+
+
+def _interleaved_group_size(values: dict, global_batch: int, assumed: list[str]) -> int | None:
+    """An interleaved run whose micro-batches per pipeline are no multiple of pp ran with Megatron's
+    microbatch_group_size_per_vp_stage set: the smallest group from pp up that leaves no last group shorter than
+    pp (the schedule deadlocks on one), said; None where the default (pp) serves or nothing would."""
+    pp, vpp = values["pp"], values["vpp"]
+    denominator = values["dp"] * values["micro_batch"]
+    if vpp < 2 or pp < 2 or global_batch % denominator:
+        return None
+    m = global_batch // denominator
+    if m % pp == 0 or m < pp:
+        return None
+    group = next(g for g in range(pp, m + 1) if interleaved_groups_ok(m, pp, g))
+    assumed.append(f"microbatch_group_size_per_vp_stage={group} ({m} micro-batches per pipeline are no multiple "
+                   f"of pp={pp})")
+    return group
 
 
 def _zero_stage(rid: str, row: dict, assumed: list[str]) -> int | None:
@@ -244,6 +261,7 @@ def case_from_row(row: dict) -> RunCase:
         assumed.append(f"zero={zero} ({framework} default)")
     if filled["tp_comm_overlap"]:
         assumed.append(f"tp_comm_overlap=true ({framework} default)")
+    values["microbatch_group_size"] = _interleaved_group_size(values, _int(row, "global_batch"), assumed)
     strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
                         overlap_grad_reduce=filled["overlap_grad_reduce"],
                         overlap_param_gather=filled["overlap_param_gather"],
