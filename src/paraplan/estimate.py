@@ -307,7 +307,10 @@ def prepare(model: ModelSpec, cluster: ClusterSpec, job: JobSpec, strategy: Stra
             dp_overlapped[r] = t_grad + t_param - exposed
         shard = (dense_params / dp_group.size + expert_params / expert_dp_group.size) if s.zero >= 1 else params
         optimizer_s[r] = float(compute.optimizer_time(shard, gpu, cal))
-    if dp_group.size > 1 and s.zero < 3:           # say so where the topology made another algorithm faster
+    # say so where the topology made another algorithm faster (only a cluster that declares several links per level
+    # or node overrides offers one: comm.collective_choice)
+    detailed = bool(g.intra_node.parts or g.inter_node.parts or dp_group.detailed_topology)
+    if detailed and dp_group.size > 1 and s.zero < 3:
         op = "all_reduce" if s.zero == 0 else "reduce_scatter"
         dense_params = _params_by_rank(model, s, layer_cache)[0][0]
         _, algorithm = comm.collective_choice(op, dense_params * grad_bytes, dp_group, g.intra_node, g.inter_node, cal)
