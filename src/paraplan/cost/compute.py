@@ -284,16 +284,14 @@ ATTENTION_CORE_OPS = ("flash_attention", "attn_scores", "attn_context")
 STANDARD_SOFTMAX_OPS = 1
 
 
-def host_kernel_factor(ops: list[Op], model: ModelSpec, moe_layer: bool) -> float:
+def host_kernel_factor(ops: list[Op]) -> float:
     """Host time of this layer over a standard layer's: the host launches kernel by kernel, so a layer that runs
     more operators (the unfused softmax's cast, scale, mask, softmax and cast back in place of one kernel; a MoE
-    block's router and token permutation) takes proportionally longer to launch. 1.0 for a standard layer."""
+    block's router and token permutation, which layer_ops emits only for MoE layers) takes proportionally longer
+    to launch. 1.0 for a standard layer."""
     softmax = sum(1 for op in ops if op.name.startswith("softmax"))
-    extra = max(0, softmax - STANDARD_SOFTMAX_OPS) if softmax else 0
-    if moe_layer and model.moe:
-        extra += sum(1 for op in ops if op.name in ("router", "permute"))
-    standard = len(ops) - extra
-    return len(ops) / standard
+    extra = max(0, softmax - STANDARD_SOFTMAX_OPS) + sum(1 for op in ops if op.name in ("router", "permute"))
+    return len(ops) / (len(ops) - extra)
 
 
 def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec, cal: Calibration,
@@ -306,7 +304,7 @@ def layer_times(model: ModelSpec, job: JobSpec, strategy: Strategy, gpu: GPUSpec
     bwd = sum(bwd_ops)
     selective = sum(t for op, t in zip(ops, fwd) if op.name in SELECTIVE_RECOMPUTE_OPS or op.name.startswith("softmax"))
     core = [i for i, op in enumerate(ops) if op.name in ATTENTION_CORE_OPS]
-    host = cal.layer_host_s * host_kernel_factor(ops, model, moe_layer)
+    host = cal.layer_host_s * host_kernel_factor(ops)
     lc = LayerCompute(gpu_forward_s=sum(fwd), gpu_backward_s=bwd, host_forward_s=host,
                       host_backward_s=cal.backward_host_ratio * host,
                       forward_flops=sum(op.flops for op in ops))

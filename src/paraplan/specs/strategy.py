@@ -204,7 +204,7 @@ def interleaved_groups_ok(m, pp, group):
 
 def _groups_broken(s, global_batch):
     m = s.num_microbatches(global_batch)
-    group = getattr(s, "microbatch_group_size", None)
+    group = getattr(s, "microbatch_group_size", None)      # the search's candidate arrays have no such field
     return np.logical_not(interleaved_groups_ok(m, s.pp, s.pp if group is None else group))
 
 

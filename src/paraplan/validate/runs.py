@@ -128,21 +128,18 @@ def _spelled(rid: str, row: dict, column: str, allowed, spellings: dict, assumed
     return canonical
 
 
-def _interleaved_group_size(values: dict, global_batch: int, assumed: list[str]) -> int | None:
+def _with_interleaved_group(s: Strategy, global_batch: int, assumed: list[str]) -> Strategy:
     """An interleaved run whose micro-batches per pipeline are no multiple of pp ran with Megatron's
     microbatch_group_size_per_vp_stage set: the smallest group from pp up that leaves no last group shorter than
-    pp (the schedule deadlocks on one), said; None where the default (pp) serves or nothing would."""
-    pp, vpp = values["pp"], values["vpp"]
-    denominator = values["dp"] * values["micro_batch"]
-    if vpp < 2 or pp < 2 or global_batch % denominator:
-        return None
-    m = global_batch // denominator
-    if m % pp == 0 or m < pp:
-        return None
-    group = next(g for g in range(pp, m + 1) if interleaved_groups_ok(m, pp, g))
+    pp (the schedule deadlocks on one), said. Unchanged where the default (pp) serves or no group would (the
+    strategy's rules then name what is wrong)."""
+    m = s.num_microbatches(global_batch)
+    if s.vpp < 2 or s.pp < 2 or global_batch % (s.dp * s.micro_batch) or m % s.pp == 0 or m < s.pp:
+        return s
+    group = next(g for g in range(s.pp, m + 1) if interleaved_groups_ok(m, s.pp, g))
     assumed.append(f"microbatch_group_size_per_vp_stage={group} ({m} micro-batches per pipeline are no multiple "
-                   f"of pp={pp})")
-    return group
+                   f"of pp={s.pp})")
+    return replace(s, microbatch_group_size=group)
 
 
 def _zero_stage(rid: str, row: dict, assumed: list[str]) -> int | None:
@@ -261,11 +258,11 @@ def case_from_row(row: dict) -> RunCase:
         assumed.append(f"zero={zero} ({framework} default)")
     if filled["tp_comm_overlap"]:
         assumed.append(f"tp_comm_overlap=true ({framework} default)")
-    values["microbatch_group_size"] = _interleaved_group_size(values, _int(row, "global_batch"), assumed)
     strategy = Strategy(**values, sequence_parallel=sp, recompute=recompute, zero=zero,
                         overlap_grad_reduce=filled["overlap_grad_reduce"],
                         overlap_param_gather=filled["overlap_param_gather"],
                         tp_comm_overlap=filled["tp_comm_overlap"])
+    strategy = _with_interleaved_group(strategy, job.global_batch, assumed)
     beyond = framework_violation(strategy, job)
     if beyond:
         # the run happened: model it as given rather than refuse what we believe the engine cannot do
